@@ -1,0 +1,252 @@
+"""The journal: a SQLite database (WAL mode) that records every conversation and every
+turn — the user's text, the reply, the persona that answered, timings and timestamps —
+so nothing said in the app is lost. A turn is written *before* generation starts (status
+`pending`) and completed afterwards (`ok`, or `error` with whatever partial reply there
+was), so even a crash mid-reply keeps the user's message.
+
+The schema is versioned with `PRAGMA user_version`; `MIGRATIONS[i]` upgrades version i to
+i+1 inside a transaction. A database newer than this code is refused, never rewritten."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import JournalError
+
+MIGRATIONS: list[str] = [
+    # v0 -> v1: conversations and turns.
+    """
+    CREATE TABLE conversations (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        title       TEXT NOT NULL DEFAULT '',
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    );
+    CREATE TABLE turns (
+        id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_id    INTEGER NOT NULL REFERENCES conversations(id),
+        user_text          TEXT NOT NULL,
+        reply              TEXT NOT NULL DEFAULT '',
+        persona            TEXT NOT NULL,
+        status             TEXT NOT NULL DEFAULT 'pending'
+                           CHECK (status IN ('pending', 'ok', 'error')),
+        error              TEXT,
+        ttft_ms            REAL,
+        total_ms           REAL,
+        tokens             INTEGER,
+        tokens_per_s       REAL,
+        prompt_tokens      INTEGER,
+        prompt_eval_tokens INTEGER,
+        created_at         TEXT NOT NULL,
+        completed_at       TEXT
+    );
+    CREATE INDEX turns_by_conversation ON turns(conversation_id, id);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    title: str
+    created_at: str
+    updated_at: str
+    turns: int = 0
+
+
+@dataclass(frozen=True)
+class Turn:
+    id: int
+    conversation_id: int
+    user_text: str
+    reply: str
+    persona: str
+    status: str
+    error: str | None
+    ttft_ms: float | None
+    total_ms: float | None
+    tokens: int | None
+    tokens_per_s: float | None
+    prompt_tokens: int | None
+    prompt_eval_tokens: int | None
+    created_at: str
+    completed_at: str | None
+
+
+class Journal:
+    """Thread-safe access to the journal; one connection guarded by a lock (Gradio runs
+    handlers on worker threads; SQLite writes are serialised anyway)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.row_factory = sqlite3.Row
+            self._check_version()  # before WAL: switching modes rewrites the file header
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"Cannot open the journal {self.path}: {exc}") from None
+
+    # -- schema -------------------------------------------------------------------------
+    def _check_version(self) -> int:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise JournalError(
+                f"The journal {self.path} has schema v{version}, newer than this app (v{SCHEMA_VERSION}). "
+                "Upgrade alterego; the journal was left untouched."
+            )
+        return version
+
+    def _migrate(self) -> None:
+        version = self._check_version()
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction() as db:
+                db.executescript_in_tx(MIGRATIONS[target - 1])  # type: ignore[attr-defined]
+                db.execute(f"PRAGMA user_version = {target}")
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator["_Tx"]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Tx(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return self._db.execute("PRAGMA integrity_check").fetchone()[0]
+
+    # -- conversations ------------------------------------------------------------------
+    def create_conversation(self, title: str = "") -> int:
+        ts = now_iso()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO conversations(title, created_at, updated_at) VALUES (?, ?, ?)", (title, ts, ts)
+            )
+            return int(cur.lastrowid)
+
+    def get_conversation(self, conversation_id: int) -> Conversation | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT c.*, (SELECT COUNT(*) FROM turns t WHERE t.conversation_id = c.id) AS turns "
+                "FROM conversations c WHERE c.id = ?",
+                (conversation_id,),
+            ).fetchone()
+        return Conversation(**dict(row)) if row else None
+
+    def list_conversations(self, limit: int = 50) -> list[Conversation]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.*, (SELECT COUNT(*) FROM turns t WHERE t.conversation_id = c.id) AS turns "
+                "FROM conversations c ORDER BY c.updated_at DESC, c.id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [Conversation(**dict(r)) for r in rows]
+
+    # -- turns --------------------------------------------------------------------------
+    def start_turn(self, conversation_id: int, user_text: str, persona: str) -> int:
+        ts = now_iso()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO turns(conversation_id, user_text, persona, created_at) VALUES (?, ?, ?, ?)",
+                (conversation_id, user_text, persona, ts),
+            )
+            # The first message names the conversation in the sidebar.
+            db.execute(
+                "UPDATE conversations SET updated_at = ?, "
+                "title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?",
+                (ts, _title_from(user_text), conversation_id),
+            )
+            return int(cur.lastrowid)
+
+    def finish_turn(
+        self, turn_id: int, reply: str, *, status: str = "ok", error: str | None = None, timings: dict | None = None
+    ) -> None:
+        t = timings or {}
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE turns SET reply = ?, status = ?, error = ?, ttft_ms = ?, total_ms = ?, tokens = ?, "
+                "tokens_per_s = ?, prompt_tokens = ?, prompt_eval_tokens = ?, completed_at = ? WHERE id = ?",
+                (
+                    reply, status, error, t.get("ttft_ms"), t.get("total_ms"), t.get("tokens"),
+                    t.get("tokens_per_s"), t.get("prompt_tokens"), t.get("prompt_eval_tokens"),
+                    now_iso(), turn_id,
+                ),
+            )
+
+    def get_turn(self, turn_id: int) -> Turn | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM turns WHERE id = ?", (turn_id,)).fetchone()
+        return Turn(**dict(row)) if row else None
+
+    def turns(self, conversation_id: int) -> list[Turn]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM turns WHERE conversation_id = ? ORDER BY id", (conversation_id,)
+            ).fetchall()
+        return [Turn(**dict(r)) for r in rows]
+
+    def count_turns(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM turns").fetchone()[0]
+
+
+class _Tx:
+    """The connection as seen inside a transaction. `executescript` would COMMIT the open
+    transaction, so migrations run statement by statement instead."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        return self._db.execute(sql, params)
+
+    def executescript_in_tx(self, script: str) -> None:
+        for statement in _split_sql(script):
+            self._db.execute(statement)
+
+
+def _split_sql(script: str) -> list[str]:
+    statements, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            statements.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        statements.append(buf.strip())
+    return statements
+
+
+def _title_from(text: str, limit: int = 60) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"

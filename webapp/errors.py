@@ -1,0 +1,23 @@
+"""Typed errors of the application layer, and `USER_ERRORS`: every error class across
+the packages that is the user's doing. The UI and CLI catch exactly these and show their
+message; anything else is a bug and keeps its traceback in the log."""
+
+from __future__ import annotations
+
+from memory.errors import MemoryUserError
+from personas.errors import PersonaUserError
+
+
+class AppUserError(Exception):
+    """Base for user errors raised by the webapp layer itself."""
+
+
+class SettingsError(AppUserError):
+    """config.toml or an ALTEREGO_* variable is invalid or unknown."""
+
+
+class ChatInputError(AppUserError):
+    """The chat message is empty or too long."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (AppUserError, MemoryUserError, PersonaUserError)
