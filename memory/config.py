@@ -21,5 +21,5 @@ class MemoryConfig:
     chat_gap_minutes: int = 60
     # Retrieval per turn.
     top_k: int = 4
-    min_score: float = 0.30  # cosine similarity below which a scene is not relevant
+    min_score: float = 0.25  # cosine similarity below which a scene is not relevant (MiniLM scale)
     context_tokens: int = 300  # budget for retrieved scenes in the prompt

@@ -9,6 +9,7 @@ i+1 inside a transaction. A database newer than this code is refused, never rewr
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -48,6 +49,48 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX turns_by_conversation ON turns(conversation_id, id);
     """,
+    # v1 -> v2: scene memory. Imports are recorded so an import that was killed midway
+    # can be rolled back on the next start; the names the user is known by ("me") persist
+    # so every import agrees on who "me" is; each turn keeps the scenes it was given.
+    """
+    CREATE TABLE imports (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        source       TEXT NOT NULL,
+        kind         TEXT NOT NULL DEFAULT '',
+        status       TEXT NOT NULL DEFAULT 'running'
+                     CHECK (status IN ('running', 'ok', 'failed', 'interrupted')),
+        scenes_added INTEGER NOT NULL DEFAULT 0,
+        error        TEXT,
+        started_at   TEXT NOT NULL,
+        finished_at  TEXT
+    );
+    CREATE TABLE me_names (
+        name      TEXT PRIMARY KEY,
+        added_at  TEXT NOT NULL
+    );
+    ALTER TABLE turns ADD COLUMN sources TEXT NOT NULL DEFAULT '[]';
+    """,
+    # v2 -> v3: personas. Which adapter version answered and why the router chose the
+    # persona; the user's manual persona choices, which the router learns from.
+    """
+    ALTER TABLE turns ADD COLUMN adapter TEXT NOT NULL DEFAULT '';
+    ALTER TABLE turns ADD COLUMN route_reason TEXT NOT NULL DEFAULT '';
+    CREATE TABLE route_overrides (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        message     TEXT NOT NULL,
+        persona     TEXT NOT NULL,
+        routed_to   TEXT NOT NULL DEFAULT '',
+        created_at  TEXT NOT NULL
+    );
+    """,
+    # v3 -> v4: the user's verdict on a reply. Approved and edited replies become training
+    # targets (the edit replaces the reply); edits and rejections also become preference pairs.
+    """
+    ALTER TABLE turns ADD COLUMN feedback TEXT CHECK (feedback IN ('approved', 'edited', 'rejected'));
+    ALTER TABLE turns ADD COLUMN edited_text TEXT;
+    ALTER TABLE turns ADD COLUMN feedback_at TEXT;
+    CREATE INDEX turns_by_feedback ON turns(feedback, id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -82,6 +125,16 @@ class Turn:
     prompt_eval_tokens: int | None
     created_at: str
     completed_at: str | None
+    sources: str = "[]"  # JSON list of the scenes given to the prompt
+    adapter: str = ""  # "<persona>/v<N>" of the LoRA that answered, "" = prompt-only
+    route_reason: str = ""  # why Auto mode chose this persona ("" = chosen by hand)
+    feedback: str | None = None  # 'approved' | 'edited' | 'rejected'
+    edited_text: str | None = None
+    feedback_at: str | None = None
+
+    @property
+    def source_list(self) -> list[dict]:
+        return json.loads(self.sources or "[]")
 
 
 class Journal:
@@ -173,12 +226,13 @@ class Journal:
         return [Conversation(**dict(r)) for r in rows]
 
     # -- turns --------------------------------------------------------------------------
-    def start_turn(self, conversation_id: int, user_text: str, persona: str) -> int:
+    def start_turn(self, conversation_id: int, user_text: str, persona: str, route_reason: str = "") -> int:
         ts = now_iso()
         with self.transaction() as db:
             cur = db.execute(
-                "INSERT INTO turns(conversation_id, user_text, persona, created_at) VALUES (?, ?, ?, ?)",
-                (conversation_id, user_text, persona, ts),
+                "INSERT INTO turns(conversation_id, user_text, persona, route_reason, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (conversation_id, user_text, persona, route_reason, ts),
             )
             # The first message names the conversation in the sidebar.
             db.execute(
@@ -189,17 +243,25 @@ class Journal:
             return int(cur.lastrowid)
 
     def finish_turn(
-        self, turn_id: int, reply: str, *, status: str = "ok", error: str | None = None, timings: dict | None = None
+        self,
+        turn_id: int,
+        reply: str,
+        *,
+        status: str = "ok",
+        error: str | None = None,
+        timings: dict | None = None,
+        sources: list[dict] | None = None,
     ) -> None:
         t = timings or {}
         with self.transaction() as db:
             db.execute(
                 "UPDATE turns SET reply = ?, status = ?, error = ?, ttft_ms = ?, total_ms = ?, tokens = ?, "
-                "tokens_per_s = ?, prompt_tokens = ?, prompt_eval_tokens = ?, completed_at = ? WHERE id = ?",
+                "tokens_per_s = ?, prompt_tokens = ?, prompt_eval_tokens = ?, completed_at = ?, sources = ?, "
+                "adapter = ? WHERE id = ?",
                 (
                     reply, status, error, t.get("ttft_ms"), t.get("total_ms"), t.get("tokens"),
                     t.get("tokens_per_s"), t.get("prompt_tokens"), t.get("prompt_eval_tokens"),
-                    now_iso(), turn_id,
+                    now_iso(), json.dumps(sources or [], ensure_ascii=False), t.get("adapter", ""), turn_id,
                 ),
             )
 
@@ -218,6 +280,71 @@ class Journal:
     def count_turns(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM turns").fetchone()[0]
+
+    def set_feedback(self, turn_id: int, feedback: str, edited_text: str | None = None) -> Turn:
+        if feedback not in ("approved", "edited", "rejected"):
+            raise ValueError(feedback)
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE turns SET feedback = ?, edited_text = ?, feedback_at = ? WHERE id = ? AND status = 'ok'",
+                (feedback, edited_text, now_iso(), turn_id),
+            )
+            if cur.rowcount != 1:
+                raise JournalError(f"No completed turn {turn_id} to give feedback on")
+        return self.get_turn(turn_id)  # type: ignore[return-value]
+
+    def turns_with_feedback(self, persona: str | None = None) -> list[Turn]:
+        sql = "SELECT * FROM turns WHERE feedback IS NOT NULL"
+        params: tuple = ()
+        if persona:
+            sql += " AND persona = ?"
+            params = (persona,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY id", params).fetchall()
+        return [Turn(**dict(r)) for r in rows]
+
+    # -- router overrides ---------------------------------------------------------------
+    def record_override(self, message: str, persona: str, routed_to: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO route_overrides(message, persona, routed_to, created_at) VALUES (?, ?, ?, ?)",
+                (message, persona, routed_to, now_iso()),
+            )
+
+    def overrides(self, limit: int = 2000) -> list[tuple[str, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT message, persona FROM route_overrides ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    # -- imports and identity (scene memory) --------------------------------------------
+    def begin_import(self, source: str, kind: str) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO imports(source, kind, started_at) VALUES (?, ?, ?)", (source, kind, now_iso())
+            )
+            return int(cur.lastrowid)
+
+    def finish_import(self, import_id: int, status: str, scenes_added: int = 0, error: str | None = None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE imports SET status = ?, scenes_added = ?, error = ?, finished_at = ? WHERE id = ?",
+                (status, scenes_added, error, now_iso(), import_id),
+            )
+
+    def running_imports(self) -> list[int]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT id FROM imports WHERE status = 'running'")]
+
+    def me_names(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT name FROM me_names")}
+
+    def add_me_names(self, names: set[str]) -> None:
+        with self.transaction() as db:
+            for name in names:
+                db.execute("INSERT OR IGNORE INTO me_names(name, added_at) VALUES (?, ?)", (name, now_iso()))
 
 
 class _Tx:

@@ -20,3 +20,19 @@ class EngineConfig:
     max_message_chars: int = 8000
     # Tokens kept free for the reply when trimming history to fit n_ctx.
     reply_reserve_tokens: int = 512
+
+
+@dataclass
+class RouterConfig:
+    """The meta-adapter prompt router used in Auto mode (see personas.router)."""
+
+    # A persona is chosen only when its score reaches `threshold` and beats the runner-up
+    # by `margin`; otherwise the conversation stays with its current persona.
+    threshold: float = 0.35
+    margin: float = 0.06
+    # Messages shorter than this many words ("ok", "thanks") never switch persona unless
+    # their score reaches `short_threshold`.
+    min_words: int = 3
+    short_threshold: float = 0.75
+    # Exemplar similarities averaged per persona (top-k mean is steadier than the max).
+    top_k: int = 3

@@ -6,7 +6,13 @@ One `Llama` context is not thread-safe and holds one KV cache, so generations ar
 serialised by a lock. llama-cpp-python keeps the tokens of the previous prompt and only
 evaluates the part of a new prompt after the longest common prefix; callers keep that
 prefix stable (same system prompt, same rendered history) so a follow-up turn pays only
-for its new tokens — `Timings.prompt_eval_tokens` shows whether that happened."""
+for its new tokens — `Timings.prompt_eval_tokens` shows whether that happened.
+
+Persona adapters (GGUF LoRA) are loaded once each with `llama_adapter_lora_init` and
+switched per generation with `llama_set_adapters_lora` — no model reload. The KV cache
+built under one adapter is wrong under another, so a switch resets the cached tokens and
+the next prompt is evaluated in full. A corrupt or mismatched adapter file is rejected
+at load (`adapter_errors` says why) and its persona answers prompt-only."""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .adapters import AdapterError, AdapterLibrary, AdapterVersion
 from .catalog import GenerationParams
 from .config import EngineConfig
 from .errors import ModelNotFoundError
@@ -35,8 +42,50 @@ class Timings:
     prompt_tokens: int = 0  # tokens in the full prompt
     prompt_eval_tokens: int = 0  # of which evaluated now (the rest came from the KV cache)
 
+    adapter: str = ""  # "<persona>/v<N>" of the LoRA that was active, "" for the bare base
+    adapter_switched: bool = False  # the adapter changed for this generation (cache reset)
+
     def as_dict(self) -> dict:
         return {k: round(v, 2) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class LoadedAdapter:
+    persona: str
+    version: int
+    path: Path
+    handle: object  # llama_adapter_lora pointer
+    scale: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.persona}/v{self.version}"
+
+
+def check_adapter_file(path: Path, architecture: str) -> None:
+    """Reject what llama.cpp would choke on before handing it over: not a GGUF, not a
+    LoRA adapter, or a LoRA for another architecture."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise AdapterError(f"{path.name} is not a GGUF file")
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        fields = {
+            k: reader.fields[k].contents() for k in ("general.type", "adapter.type", "general.architecture")
+            if k in reader.fields
+        }
+    except AdapterError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — any parse failure means a corrupt file
+        raise AdapterError(f"{path.name} is corrupt ({type(exc).__name__}: {exc})") from None
+    if fields.get("general.type") != "adapter" or fields.get("adapter.type") != "lora":
+        raise AdapterError(f"{path.name} is not a LoRA adapter (general.type={fields.get('general.type')!r})")
+    if architecture and fields.get("general.architecture") not in (None, architecture):
+        raise AdapterError(
+            f"{path.name} is for a {fields.get('general.architecture')} model, the base is {architecture}"
+        )
 
 
 class Generation:
@@ -77,6 +126,72 @@ class LlamaEngine:
             raise ModelNotFoundError(f"Cannot load model {self.model_path}: {exc}") from None
         self.load_ms = (time.perf_counter() - started) * 1000
         log.info("loaded %s in %.0f ms", self.model_path.name, self.load_ms)
+        self.architecture = str(self.llm.metadata.get("general.architecture", ""))
+        self.adapters: dict[str, LoadedAdapter] = {}
+        self.adapter_errors: dict[str, str] = {}
+        self._current_adapter: LoadedAdapter | None = None
+
+    # -- adapters -------------------------------------------------------------------------
+    def load_adapter(self, version: AdapterVersion, scale: float = 1.0) -> LoadedAdapter:
+        """Load one GGUF LoRA for `version.persona` (replacing its previous version)."""
+        import llama_cpp
+
+        check_adapter_file(version.gguf, self.architecture)
+        started = time.perf_counter()
+        handle = llama_cpp.llama_adapter_lora_init(self.llm._model.model, str(version.gguf).encode())
+        if not handle:
+            raise AdapterError(f"{version.gguf} does not fit the base model {self.model_path.name}")
+        loaded = LoadedAdapter(version.persona, version.version, version.gguf, handle, scale)
+        with self._lock:
+            self.adapters[version.persona] = loaded
+            self.adapter_errors.pop(version.persona, None)
+        log.info("adapter %s loaded in %.1f ms", loaded.label, (time.perf_counter() - started) * 1000)
+        return loaded
+
+    def sync_adapters(self, library: AdapterLibrary) -> dict[str, str]:
+        """Make the loaded adapters match the library's active versions: load new or
+        promoted ones, drop those no longer active. A bad file is recorded in
+        `adapter_errors` and its persona answers prompt-only. Returns persona -> label."""
+        active = library.all_active() if library.fingerprint == self.fingerprint else {}
+        for persona in list(self.adapters):
+            if persona not in active:
+                with self._lock:
+                    self.adapters.pop(persona, None)
+        for persona, version in active.items():
+            loaded = self.adapters.get(persona)
+            if loaded and loaded.version == version.version:
+                continue
+            try:
+                self.load_adapter(version)
+            except AdapterError as exc:
+                log.warning("adapter for %s rejected: %s", persona, exc)
+                with self._lock:
+                    self.adapters.pop(persona, None)
+                    self.adapter_errors[persona] = str(exc)
+        return {p: a.label for p, a in self.adapters.items()}
+
+    def _use_adapter(self, persona: str | None) -> bool:
+        """Set the persona's adapter (or none) on the context; called under the lock.
+        Returns whether it changed, in which case the KV cache was invalidated."""
+        import ctypes
+
+        import llama_cpp
+
+        wanted = self.adapters.get(persona) if persona else None
+        if wanted is self._current_adapter:
+            return False
+        ctx = self.llm._ctx.ctx
+        if wanted is None:
+            rc = llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
+        else:
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(wanted.handle)
+            scales = (ctypes.c_float * 1)(wanted.scale)
+            rc = llama_cpp.llama_set_adapters_lora(ctx, handles, 1, scales)
+        if rc != 0:
+            raise RuntimeError(f"llama_set_adapters_lora failed ({rc})")
+        self._current_adapter = wanted
+        self.llm.reset()  # tokens cached under the old adapter must not be reused
+        return True
 
     @property
     def n_ctx(self) -> int:
@@ -85,12 +200,18 @@ class LlamaEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def stream_chat(self, messages: list[dict], params: GenerationParams) -> Generation:
+    def stream_chat(
+        self, messages: list[dict], params: GenerationParams, adapter: str | None = None
+    ) -> Generation:
+        """Stream a reply; `adapter` names the persona whose LoRA to apply (None or a
+        persona without a loaded adapter = the bare base model)."""
         timings = Timings()
-        return Generation(self._run(messages, params, timings), timings)
+        return Generation(self._run(messages, params, timings, adapter), timings)
 
-    def _run(self, messages: list[dict], params: GenerationParams, timings: Timings) -> Iterator[str]:
+    def _run(self, messages: list[dict], params: GenerationParams, timings: Timings, adapter: str | None) -> Iterator[str]:
         with self._lock:
+            timings.adapter_switched = self._use_adapter(adapter)
+            timings.adapter = self._current_adapter.label if self._current_adapter else ""
             cached_before = list(self.llm._input_ids)  # tokens already in the KV cache
             started = time.perf_counter()
             first = None

@@ -39,11 +39,22 @@ def engine():
     return LlamaEngine(EngineConfig())
 
 
+@pytest.fixture(scope="session")
+def embedder():
+    from memory.embedder import Embedder
+
+    return Embedder()
+
+
 @pytest.fixture
-def service(settings, engine):
+def service(settings, engine, embedder):
+    from memory.journal import Journal
+    from memory.service import SceneMemory
     from webapp.chat import ChatService
 
-    svc = ChatService(settings, engine=engine)
+    journal = Journal(settings.journal_path)
+    memory = SceneMemory(settings.memory, settings.home, journal, embedder=embedder)
+    svc = ChatService(settings, engine=engine, journal=journal, memory=memory)
     yield svc
     svc.journal.close()
 

@@ -35,7 +35,7 @@ def test_unknown_key_lists_valid_ones(home):
 
 def test_unknown_section_and_env_var(home):
     (home / "config.toml").write_text("[serevr]\nport = 1\n")
-    with pytest.raises(SettingsError, match="Valid sections: server, engine, memory, tuning"):
+    with pytest.raises(SettingsError, match="Valid sections: server, engine, memory, router, tuning"):
         load_settings()
     (home / "config.toml").unlink()
     with pytest.raises(SettingsError, match="ALTEREGO_SERVER_PORT"):

@@ -14,7 +14,7 @@ def test_app_builds_with_personas_and_conversations(service):
     app = build_app(service)
     assert isinstance(app, gr.Blocks)
     ui = ChatUI(service)
-    assert [v for _, v in ui.persona_choices()][:1] == ["me"]
+    assert [v for _, v in ui.persona_choices()][:2] == ["auto", "me"]
     assert len(ui.conversation_choices()) == 1
 
 
@@ -25,7 +25,7 @@ def test_respond_streams_and_journals(service):
     chat, textbox, conv_id, status = outputs[-1]
     assert textbox == "" and conv_id is not None
     assert chat[0] == {"role": "user", "content": "What should I cook tonight?"}
-    assert chat[1]["role"] == "assistant" and chat[1]["content"]
+    assert chat[1]["role"] == "assistant" and chat[1]["content"].startswith("**Me**\n\n")
     assert "**Me** answered" in status and "tok/s" in status
     # a reload of that conversation shows the same messages, from the journal
     reopened, same_id, _ = ui.open_conversation(conv_id)
@@ -73,3 +73,31 @@ def test_served_app_streams_a_reply(service):
         assert service.journal.count_turns() == 1
     finally:
         app.close()
+
+
+def test_import_search_and_forget_through_the_ui(service, tmp_path):
+    import shutil
+
+    from conftest import FIXTURES
+
+    upload = tmp_path / "gradio-upload" / "diary.txt"  # where Gradio puts an upload
+    upload.parent.mkdir()
+    shutil.copy(FIXTURES / "import" / "diary.txt", upload)
+    ui = ChatUI(service)
+    ticks = []
+    text, summary = ui.import_files([str(upload)], "", progress=lambda frac, desc: ticks.append((frac, desc)))
+    assert summary["scenes_added"] >= 1 and "scenes added" in text and ticks
+    assert summary["details"][0]["file"] == "upload:diary.txt"  # named by the file, not the temp path
+    rows = ui.search_memory("walking to the river")
+    assert rows and rows[0][1] == "upload:diary.txt"
+    assert ui.source_rows() == [["upload:diary.txt", "text", summary["scenes_added"]]]
+    # a reply shows its sources in a collapsible message, also after a reload
+    chat = list(ui.respond("Do you remember the river after work and the ice?", "me", None, []))[-1][0]
+    assert chat[-1]["metadata"]["title"].startswith("Sources from your memory")
+    assert "diary.txt" in chat[-1]["content"]
+    conv = service.conversations()[0].id
+    assert ui.open_conversation(conv)[0] == chat
+    assert "scenes removed" in ui.forget_source("upload:diary.txt")
+    assert ui.source_rows() == []
+    with pytest.raises(gr.Error, match="Choose one or more files"):
+        ui.import_files([], "")

@@ -1,22 +1,32 @@
 """`ChatService`: the plain-Python turn pipeline that the Gradio UI and the CLI both call.
 
-A turn is: validate the message → resolve the persona → journal the user's message
-(before anything can fail) → build the prompt → stream the reply from the engine →
-journal the reply with its timings. The prompt is laid out so that llama.cpp can reuse
-its KV cache between turns: the persona's system prompt first, then the conversation's
-earlier turns rendered exactly as before, then the new message. Only when the history no
-longer fits the context window are the oldest turns dropped (and the prefix changes).
+A turn is: validate the message → retrieve the scenes that matter from memory → pick
+the persona (the dropdown's choice, or in Auto mode the router's, reusing the retrieval
+embedding) → journal the user's message (before generation can fail) → build the prompt
+→ stream the reply from the engine under the persona's LoRA adapter, if it has one →
+journal the reply with its timings, sources, adapter and routing reason. Promoted
+adapters are picked up on the next turn without a restart. The prompt is laid out so that llama.cpp can reuse its KV cache between turns:
+the persona's system prompt first, then the conversation's earlier turns rendered
+exactly as before (as typed, without their retrieved notes), then the new message with
+this turn's notes from memory. Only when the history no longer fits the context window
+are the oldest turns dropped (and the prefix changes). If memory is unavailable, the
+turn goes on without it and says so.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from memory.journal import Journal, Turn
+from memory.service import Retrieval, SceneMemory
+from personas.adapters import AdapterLibrary
 from personas.catalog import Persona, PersonaCatalog
 from personas.engine import LlamaEngine
+from personas.models import fingerprint, resolve_chat_model
+from personas.router import AUTO, PromptRouter, RouteDecision
 
 from .errors import ChatInputError
 from .settings import Settings
@@ -34,6 +44,10 @@ class TurnUpdate:
     reply: str
     done: bool = False
     timings: dict = field(default_factory=dict)
+    sources: list[dict] = field(default_factory=list)
+    memory_error: str | None = None
+    route: RouteDecision | None = None  # set in Auto mode
+    adapter: str = ""  # "<persona>/v<N>" of the LoRA used, "" = prompt-only
 
     def as_dict(self) -> dict:
         return {
@@ -42,6 +56,10 @@ class TurnUpdate:
             "turn_id": self.turn_id,
             "conversation_id": self.conversation_id,
             "timings": self.timings,
+            "sources": self.sources,
+            "memory_error": self.memory_error,
+            "adapter": self.adapter,
+            "route": self.route.as_dict() if self.route else None,
         }
 
 
@@ -53,19 +71,56 @@ class ChatService:
         engine: LlamaEngine | None = None,
         journal: Journal | None = None,
         catalog: PersonaCatalog | None = None,
+        memory: SceneMemory | None = None,
     ):
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
         self.catalog = catalog or PersonaCatalog.load(settings.home / "personas")
         self.journal = journal or Journal(settings.journal_path)
+        self.memory = memory or SceneMemory(settings.memory, settings.home, self.journal)
         self._engine = engine
+        self._router: PromptRouter | None = None
+        self._library: AdapterLibrary | None = None
 
     @property
     def engine(self) -> LlamaEngine:
         # Loaded on first use, so listing personas or conversations never waits for it.
         if self._engine is None:
             self._engine = LlamaEngine(self.settings.engine)
+            self._engine.sync_adapters(self.adapters)
         return self._engine
+
+    @property
+    def adapters(self) -> AdapterLibrary:
+        """The adapter library of the configured base model (no model load needed)."""
+        if self._library is None:
+            fp = self._engine.fingerprint if self._engine else fingerprint(resolve_chat_model(self.settings.engine.model_path))
+            self._library = AdapterLibrary(self.settings.adapters_path, fp)
+        return self._library
+
+    def refresh_adapters(self) -> dict[str, str]:
+        """Load newly promoted (or drop deactivated) adapters into the running engine."""
+        return self.engine.sync_adapters(self.adapters)
+
+    @property
+    def router(self) -> PromptRouter:
+        if self._router is None:
+            self._router = PromptRouter(self.catalog, self.memory.embedder, self.settings.router)
+            self._router.set_overrides(self.journal.overrides())
+        return self._router
+
+    def warm_up(self) -> None:
+        """Load the model, the embedder and the router's exemplars (UI start-up)."""
+        self.engine
+        self.router.bank()
+
+    def route(self, message: str, conversation_id: int | None = None, embedding=None) -> RouteDecision:
+        """Auto mode's choice for a message, staying with the conversation's persona when unsure."""
+        current = None
+        if conversation_id is not None:
+            turns = self.journal.turns(conversation_id)
+            current = turns[-1].persona if turns else None
+        return self.router.route(message, current=current, embedding=embedding)
 
     # -- queries ------------------------------------------------------------------------
     def personas(self) -> list[Persona]:
@@ -100,29 +155,75 @@ class ChatService:
         """Run one turn, yielding the growing reply. Raises typed user errors before
         anything is stored for bad input; once the message is journaled, a failure in
         generation is recorded on the turn (status `error`) and re-raised."""
+        started = time.perf_counter()
         text = self.validate(message)
-        chosen = self.catalog.get(persona)
+        auto = (persona or "").strip().lower() == AUTO
+        chosen = None if auto else self.catalog.get(persona)
         engine = self.engine  # a missing model fails here, before the turn is written
+        engine.sync_adapters(self.adapters)  # a newly promoted adapter is used from this turn on
         if conversation_id is None or self.journal.get_conversation(conversation_id) is None:
             conversation_id = self.journal.create_conversation()
         prior = [t for t in self.journal.turns(conversation_id) if t.status == "ok"]
-        turn_id = self.journal.start_turn(conversation_id, text, chosen.name)
+        t_retrieve = time.perf_counter()
+        retrieval = self.memory.retrieve(text, recent=[t.user_text for t in prior[-1:]])
+        t_route = time.perf_counter()
+        decision = self._decide(text, chosen, conversation_id, retrieval)
+        t_routed = time.perf_counter()
+        if chosen is None:
+            chosen = self.catalog.get(decision.persona)
+        turn_id = self.journal.start_turn(conversation_id, text, chosen.name, decision.reason if auto else "")
+        route = decision if auto else None
 
         reply = ""
+        first_piece = None
+        sources = [h.as_dict() for h in retrieval.hits]
         try:
-            messages = self.build_prompt(chosen, prior, text)
-            generation = engine.stream_chat(messages, chosen.generation)
+            messages = self.build_prompt(chosen, prior, text, retrieval)
+            generation = engine.stream_chat(messages, chosen.generation, adapter=chosen.name)
             for piece in generation:
+                first_piece = first_piece or time.perf_counter()
                 reply += piece
-                yield TurnUpdate(turn_id, conversation_id, chosen.name, reply)
+                yield TurnUpdate(turn_id, conversation_id, chosen.name, reply, sources=sources,
+                                 memory_error=retrieval.error, route=route, adapter=generation.timings.adapter)
         except BaseException as exc:
             # GeneratorExit (client went away) keeps what was said so far as well.
-            self.journal.finish_turn(turn_id, reply, status="error", error=f"{type(exc).__name__}: {exc}")
+            self.journal.finish_turn(
+                turn_id, reply, status="error", error=f"{type(exc).__name__}: {exc}", sources=sources
+            )
             raise
+        # ttft_ms/total_ms are what the user waits for: from the message to the first token,
+        # retrieval and routing included; engine_ttft_ms is the model's part alone.
+        end = time.perf_counter()
         timings = generation.timings.as_dict()
+        timings.update(
+            engine_ttft_ms=timings["ttft_ms"],
+            ttft_ms=round(((first_piece or end) - started) * 1000, 2),
+            total_ms=round((end - started) * 1000, 2),
+            retrieval_ms=round((t_route - t_retrieve) * 1000, 2),
+            route_ms=round((t_routed - t_route) * 1000, 2),
+        )
         reply = reply.strip()
-        self.journal.finish_turn(turn_id, reply, timings=timings)
-        yield TurnUpdate(turn_id, conversation_id, chosen.name, reply, done=True, timings=timings)
+        self.journal.finish_turn(turn_id, reply, timings=timings, sources=sources)
+        yield TurnUpdate(turn_id, conversation_id, chosen.name, reply, done=True, timings=timings,
+                         sources=sources, memory_error=retrieval.error, route=route,
+                         adapter=timings.get("adapter", ""))
+
+    def _decide(self, text: str, chosen: Persona | None, conversation_id: int, retrieval: Retrieval) -> RouteDecision:
+        """Route in Auto mode. With a persona chosen by hand, still ask the router (when it
+        is loaded — the UI warms it up; a one-shot CLI turn doesn't pay for it): where it
+        would have picked another, the choice is an override it learns from."""
+        if chosen is not None and self._router is None:
+            return RouteDecision(chosen.name, {}, "")
+        try:
+            decision = self.route(text, conversation_id, embedding=retrieval.query_embedding)
+        except Exception as exc:  # noqa: BLE001 — routing must never cost the user their turn
+            log.warning("router unavailable: %s", exc)
+            fallback = chosen.name if chosen else "me"
+            return RouteDecision(fallback, {}, f"router unavailable ({exc}); answering as {fallback}")
+        if chosen is not None and decision.persona != chosen.name:
+            self.journal.record_override(text, chosen.name, decision.persona)
+            self.router.add_override(text, chosen.name)
+        return decision
 
     def send(self, message: str, persona: str = "me", conversation_id: int | None = None) -> TurnUpdate:
         """One whole turn, not streamed (CLI, scripts)."""
@@ -133,12 +234,14 @@ class ChatService:
         return last
 
     # -- prompt -------------------------------------------------------------------------
-    def build_prompt(self, persona: Persona, prior: list[Turn], text: str) -> list[dict]:
+    def build_prompt(
+        self, persona: Persona, prior: list[Turn], text: str, retrieval: Retrieval | None = None
+    ) -> list[dict]:
         system = {"role": "system", "content": persona.system_prompt}
         history: list[dict] = []
         for turn in prior:
             history += [{"role": "user", "content": turn.user_text}, {"role": "assistant", "content": turn.reply}]
-        current = {"role": "user", "content": text}
+        current = {"role": "user", "content": self.with_memory(text, retrieval, persona)}
 
         budget = self.settings.engine.n_ctx - self.settings.engine.reply_reserve_tokens
         cost = lambda m: self.engine.count_tokens(m["content"]) + 8  # noqa: E731 (role/template overhead)
@@ -157,3 +260,29 @@ class ChatService:
             used += pair_cost
             kept = history[i : i + 2] + kept
         return [system, *kept, current]
+
+    @staticmethod
+    def with_memory(text: str, retrieval: Retrieval | None, persona: Persona) -> str:
+        """The new message with this turn's notes from memory before it. Notes go in the
+        last message, never the system prompt, so the cached prefix stays valid."""
+        if retrieval is None or not retrieval.hits:
+            return text
+        notes = []
+        for hit in retrieval.hits:
+            label = ", ".join(x for x in (hit.meta.get("source_kind", ""), _date(hit.meta.get("timestamp"))) if x)
+            notes.append(f"[{label}]\n{hit.text}")
+        parts = ["Notes from the user's own past writing (use them if they help):", *notes]
+        if persona.name == "me" and retrieval.style_lines:
+            parts.append("How the user writes, in their own words:")
+            parts += [f"- {line}" for line in retrieval.style_lines]
+        parts.append(f"Message: {text}")
+        return "\n\n".join(parts)
+
+
+def _date(timestamp: float | None) -> str:
+    # Transcripts store seconds from the start of the recording, not a date.
+    if timestamp is None or timestamp < 1e8:
+        return ""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d")

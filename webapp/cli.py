@@ -53,12 +53,170 @@ def cmd_chat(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             printed = len(last.reply)
     t = last.timings if last else {}
+    adapter = f" · adapter {last.adapter}" if last.adapter else ""
     print(
-        f"\n\n[{last.persona} · turn {last.turn_id} · conversation {last.conversation_id} · "
+        f"\n\n[{last.persona}{adapter} · turn {last.turn_id} · conversation {last.conversation_id} · "
         f"first token {t.get('ttft_ms', 0):.0f} ms · {t.get('tokens', 0)} tokens · "
         f"{t.get('tokens_per_s', 0):.1f} tok/s]",
         file=sys.stderr,
     )
+    if last.route:
+        print(f"[routed: {last.route.reason}]", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    service = _service()
+    tty = sys.stderr.isatty() and not args.json
+
+    def progress(source: str, index: int, count: int, scenes: int) -> None:
+        if tty:
+            name = Path(source).name
+            sys.stderr.write(f"\r[{index + 1}/{count}] {name[:50]:<50} {scenes:>7} scenes")
+            sys.stderr.flush()
+
+    summary = service.memory.import_paths([Path(p) for p in args.paths], me=args.me, progress=progress).as_dict()
+    if tty:
+        sys.stderr.write("\n")
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, indent=2))
+    else:
+        print(format_import_summary(summary))
+    return 1 if summary["errors"] and not summary["scenes_added"] and not summary["scenes_skipped"] else 0
+
+
+def format_import_summary(summary: dict) -> str:
+    lines = [
+        f"{summary['files']} file(s): {summary['scenes_added']} scenes added, "
+        f"{summary['scenes_skipped']} already known, {summary['scenes_removed']} replaced."
+    ]
+    if summary["me"]:
+        detected = f" (auto-detected: {', '.join(summary['me_detected'])}; use --me NAME to correct)" if summary["me_detected"] else ""
+        lines.append(f"You are: {', '.join(summary['me'])}{detected}")
+    for path in summary["repaired"]:
+        lines.append(f"repaired encoding: {path}")
+    for path in summary["damaged"]:
+        lines.append(f"damaged text (readable parts imported): {path}")
+    for err in summary["errors"]:
+        lines.append(f"error: {err['error']}")
+    for path in summary["skipped_files"]:
+        lines.append(f"skipped (not a supported format): {path}")
+    return "\n".join(lines)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    service = _service()
+    hits = [h.as_dict() for h in service.memory.search(" ".join(args.query), k=args.k)]
+    if args.json:
+        print(json.dumps(hits, ensure_ascii=False, indent=2))
+        return 0
+    if not hits:
+        print("No scenes found (import some texts with `alterego import PATH`).")
+    for h in hits:
+        who = f" · {h['speaker']}" if h["speaker"] else ""
+        print(f"[{h['score']:.2f}] {h['source']}{who}\n    " + h["text"].replace("\n", "\n    ") + "\n")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    service = _service()
+    source, removed = service.memory.forget(args.source)
+    print(f"Forgot {source}: {removed} scenes removed.")
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    service = _service()
+    decision = service.route(" ".join(args.message), args.conversation)
+    if args.json:
+        print(json.dumps(decision.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(f"{decision.persona}: {decision.reason}")
+        for name, score in sorted(decision.scores.items(), key=lambda kv: -kv[1]):
+            print(f"  {name:<12} {score:.3f}")
+    return 0
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    service = _service()
+    rows = service.adapters.listing()
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    print(f"base model: {service.adapters.fingerprint}")
+    if not rows:
+        print("No adapters yet: every persona answers prompt-only. Train one with `alterego train --persona NAME`.")
+    for r in rows:
+        ev = r["eval"]
+        figures = f" · held-out loss {ev['candidate_loss']:.3f}" if ev.get("candidate_loss") is not None else ""
+        print(f"{'*' if r['active'] else ' '} {r['persona']:<12} v{r['version']:<3} {r['created_at'] or ''}{figures}")
+    return 0
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from tuning.dataset import harvest
+    from tuning.pipeline import new_run_dir
+
+    service = _service()
+    persona = service.catalog.get(args.persona)
+    store = service.memory.store if persona.name == "me" else None
+    out = new_run_dir(service.settings.home, f"dataset-{persona.name}")
+    summary = harvest(persona, out, journal=service.journal, store=store,
+                      heldout_fraction=service.settings.tuning.heldout_fraction,
+                      max_tokens=service.settings.tuning.max_length).as_dict()
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, indent=2))
+        return 0
+    print(f"{persona.display_name}: {summary['pairs']} pairs ({summary['train']} train, {summary['heldout']} held out), "
+          f"~{summary['tokens']:,} tokens, {summary['preferences']} preference pairs")
+    for source, n in sorted(summary["sources"].items(), key=lambda kv: -kv[1]):
+        print(f"  {n:>6}  {source}")
+    if summary["dropped"]:
+        print("  dropped: " + ", ".join(f"{k} {v}" for k, v in summary["dropped"].items()))
+    print(f"written to {summary['path']}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tuning.pipeline import train_persona
+
+    service = _service()
+    persona = service.catalog.get(args.persona)
+    store = service.memory.store if persona.name == "me" else None
+    tty = sys.stderr.isatty()
+
+    def progress(status: dict) -> None:
+        if args.json and not tty:
+            return
+        eta = f" · ETA {status['eta_s']:.0f}s" if status.get("eta_s") is not None else ""
+        loss = f" · loss {status['loss']:.3f}" if status.get("loss") is not None else ""
+        line = f"[{status.get('state')}] step {status.get('step', 0)}/{status.get('max_steps')}{loss}{eta}"
+        sys.stderr.write(("\r" + line.ljust(70)) if tty else line + "\n")
+        sys.stderr.flush()
+
+    outcome = train_persona(
+        service.settings.home, service.settings.tuning, persona, journal=service.journal, store=store,
+        library=service.adapters, model_path=service.settings.engine.model_path, max_steps=args.max_steps,
+        progress=progress,
+    ).as_dict()
+    if tty:
+        sys.stderr.write("\n")
+    if args.json:
+        print(json.dumps(outcome, ensure_ascii=False, indent=2))
+        return 0
+    ev, tr = outcome["eval"], outcome["train"]
+    print(f"{persona.display_name} v{outcome['version']}: {'PROMOTED' if outcome['promoted'] else 'not promoted'} — {outcome['reason']}")
+    print(f"  held-out loss: base {ev['base_loss']} · current {ev['current_loss']} · candidate {ev['candidate_loss']}")
+    print(f"  trained {tr.get('steps')} steps at {tr.get('tokens_per_s')} tokens/s in {tr.get('seconds')} s")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    service = _service()
+    version = service.adapters.rollback(service.catalog.get(args.persona).name)
+    print(f"{args.persona}: v{version.version} is active again.")
     return 0
 
 
@@ -96,10 +254,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chat", help="send one message and print the reply")
     p.add_argument("message", nargs="+", help="the message")
-    p.add_argument("--persona", default="me", help="persona name (see `alterego personas`)")
+    p.add_argument("--persona", default="me", help="persona name (see `alterego personas`) or 'auto' to let the router pick")
     p.add_argument("--conversation", type=int, help="continue this conversation id")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("import", help="import texts, chats and transcripts into memory")
+    p.add_argument("paths", nargs="+", help="files or folders")
+    p.add_argument("--me", action="append", default=[], metavar="NAME",
+                   help="your name in chat exports (repeatable); default: auto-detected")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("search", help="search memory for scenes")
+    p.add_argument("query", nargs="+")
+    p.add_argument("-k", type=int, default=5, help="number of scenes (default 5)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("forget", help="remove an imported source (file) from memory")
+    p.add_argument("source", help="the source as listed by import/search: path or file name")
+    p.set_defaults(func=cmd_forget)
+
+    p = sub.add_parser("route", help="show which persona Auto mode would pick for a message, and why")
+    p.add_argument("message", nargs="+")
+    p.add_argument("--conversation", type=int, help="route as a next turn of this conversation")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_route)
+
+    p = sub.add_parser("adapters", help="list persona LoRA adapters for the current base model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_adapters)
+
+    p = sub.add_parser("dataset", help="harvest a persona's training data and show what it holds")
+    p.add_argument("--persona", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("train", help="train a persona's LoRA adapter; promoted only if it beats the current one")
+    p.add_argument("--persona", required=True)
+    p.add_argument("--max-steps", type=int, help="training steps (default: tuning.max_steps)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("rollback", help="re-activate a persona's previous adapter version")
+    p.add_argument("persona")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("personas", help="list the personas")
     p.add_argument("--json", action="store_true")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from memory.errors import MemoryUserError
 from personas.errors import PersonaUserError
+from tuning.errors import TuningUserError
 
 
 class AppUserError(Exception):
@@ -20,4 +21,4 @@ class ChatInputError(AppUserError):
     """The chat message is empty or too long."""
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (AppUserError, MemoryUserError, PersonaUserError)
+USER_ERRORS: tuple[type[Exception], ...] = (AppUserError, MemoryUserError, PersonaUserError, TuningUserError)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from memory.config import MemoryConfig
-from personas.config import EngineConfig
+from personas.config import EngineConfig, RouterConfig
 from tuning.config import TuningConfig
 
 from .errors import SettingsError
@@ -44,6 +44,7 @@ class Settings:
     server: ServerConfig = field(default_factory=ServerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
 
     # Paths under the data root; one place so nothing writes elsewhere.
@@ -56,6 +57,10 @@ class Settings:
         return self.home / "chroma"
 
     @property
+    def adapters_path(self) -> Path:
+        return self.home / "adapters"
+
+    @property
     def config_path(self) -> Path:
         return self.home / "config.toml"
 
@@ -64,6 +69,7 @@ SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "engine": EngineConfig,
     "memory": MemoryConfig,
+    "router": RouterConfig,
     "tuning": TuningConfig,
 }
 

@@ -1,0 +1,219 @@
+"""Importing files into scene memory, all-or-nothing per file.
+
+For each file: detect the format, decide who "me" is, stream utterances through the
+scene chunker, and embed + insert scenes in batches (bounded memory for any file size).
+Atomicity: every scene added carries the id of its import run. If the file fails midway,
+the run's scenes are deleted and the file's previous scenes are untouched; if it
+succeeds, the file's scenes that no longer occur in it (a changed file) are deleted.
+An import killed outright (kill -9) is still `running` in the journal; the next
+`Ingestor` rolls it back before doing anything else.
+
+Who "me" is: the `--me` names, plus names already known from earlier imports; if none of
+those speaks in a chat file (and the format does not mark the user itself), the most
+frequent sender is taken and remembered, and the summary says so."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .config import MemoryConfig
+from .documents import PROSE_KINDS
+from .embedder import Embedder
+from .errors import MemoryUserError, UnsupportedFormatError
+from .importers import SUPPORTED_FORMATS, detect_format, open_source
+from .journal import Journal
+from .scenes import cut_scenes
+from .store import SceneStore
+
+log = logging.getLogger(__name__)
+
+# Extensions picked up when a folder is imported; other files in a folder are listed as skipped.
+FOLDER_EXTENSIONS = {".txt", ".md", ".markdown", ".json", ".srt", ".vtt"}
+BATCH = 128
+
+Progress = Callable[[str, int, int, int], None]  # (file, file_index, file_count, scenes_so_far)
+
+
+@dataclass
+class FileReport:
+    file: str
+    kind: str = ""
+    scenes_added: int = 0
+    scenes_skipped: int = 0
+    scenes_removed: int = 0
+    repaired: bool = False
+    damaged: bool = False
+    me: list[str] = field(default_factory=list)
+    me_detected: bool = False
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class ImportSummary:
+    reports: list[FileReport] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        ok = [r for r in self.reports if r.error is None]
+        return {
+            "files": len(self.reports),
+            "scenes_added": sum(r.scenes_added for r in ok),
+            "scenes_skipped": sum(r.scenes_skipped for r in ok),
+            "scenes_removed": sum(r.scenes_removed for r in ok),
+            "repaired": [r.file for r in ok if r.repaired],
+            "damaged": [r.file for r in ok if r.damaged],
+            "errors": [{"file": r.file, "error": r.error} for r in self.reports if r.error],
+            "me": sorted({n for r in ok for n in r.me}),
+            "me_detected": sorted({n for r in ok if r.me_detected for n in r.me}),
+            "skipped_files": self.skipped_files,
+            "details": [asdict(r) for r in self.reports],
+        }
+
+
+def expand_paths(paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
+    """Files to import: given files as they are; folders recursively (hidden entries and
+    unknown extensions skipped and listed)."""
+    files: list[Path] = []
+    skipped: list[str] = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            for root, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(names):
+                    f = Path(root) / name
+                    if name.startswith("."):
+                        continue
+                    if f.suffix.lower() in FOLDER_EXTENSIONS:
+                        files.append(f)
+                    else:
+                        skipped.append(str(f))
+        else:
+            files.append(path)
+    return files, skipped
+
+
+class Ingestor:
+    def __init__(self, config: MemoryConfig, journal: Journal, store: SceneStore, embedder: Embedder):
+        self.config, self.journal, self.store, self.embedder = config, journal, store, embedder
+        self.recover()
+
+    def recover(self) -> None:
+        """Roll back imports that were killed midway (their scenes are deleted)."""
+        for import_id in self.journal.running_imports():
+            removed = self.store.delete_where({"import_id": import_id})
+            self.journal.finish_import(import_id, "interrupted", error="interrupted; rolled back")
+            log.warning("rolled back interrupted import %s (%s scenes)", import_id, removed)
+
+    def import_paths(
+        self,
+        paths: Iterable[Path],
+        *,
+        me: Iterable[str] = (),
+        source_names: dict[Path, str] | None = None,
+        progress: Progress | None = None,
+    ) -> ImportSummary:
+        files, skipped = expand_paths(paths)
+        summary = ImportSummary(skipped_files=skipped)
+        explicit_me = {m.strip() for m in me if m and m.strip()}
+        if explicit_me:
+            self.journal.add_me_names(explicit_me)
+        for index, path in enumerate(files):
+            source = (source_names or {}).get(path) or str(path.resolve())
+            report = FileReport(file=source)
+            summary.reports.append(report)
+            try:
+                self._import_file(path, source, explicit_me, report, lambda n: progress and progress(source, index, len(files), n))
+            except MemoryUserError as exc:
+                report.error = str(exc)
+            except OSError as exc:
+                report.error = f"{path.name}: cannot read ({exc.strerror or exc})"
+        return summary
+
+    # -- one file -------------------------------------------------------------------------
+    def _import_file(self, path: Path, source: str, explicit_me: set[str], report: FileReport, tick) -> None:
+        if not path.is_file():
+            raise UnsupportedFormatError(f"{path}: no such file")
+        kind = detect_format(path)
+        report.kind = kind
+        me_names = self._me_for(path, kind, explicit_me, report)
+
+        import_id = self.journal.begin_import(source, kind)
+        seen: set[str] = set()
+        try:
+            info, utterances = open_source(path, kind)
+            scenes = cut_scenes(
+                utterances, source=source, kind=kind, me_names=me_names,
+                budget=self.config.scene_tokens, chat_gap_s=self.config.chat_gap_minutes * 60.0,
+            )
+            batch = []
+            for scene in scenes:
+                if scene.id in seen:  # the same scene twice in one file: keep one
+                    continue
+                seen.add(scene.id)
+                batch.append(scene)
+                if len(batch) >= BATCH:
+                    self._insert(batch, import_id, report)
+                    batch = []
+                    tick(report.scenes_added + report.scenes_skipped)
+            self._insert(batch, import_id, report)
+            tick(report.scenes_added + report.scenes_skipped)
+            if not seen:
+                raise UnsupportedFormatError(f"{path.name}: no text found to import")
+        except BaseException as exc:
+            removed = self.store.delete_where({"import_id": import_id})
+            self.journal.finish_import(import_id, "failed", error=str(exc))
+            log.info("import of %s failed, rolled back %s scenes: %s", source, removed, exc)
+            report.scenes_added = 0
+            raise
+        # Success: drop scenes of this source that the file no longer contains.
+        stale = set(self.store.ids_where({"source": source})) - seen
+        report.scenes_removed = self.store.delete_ids(stale)
+        self.journal.finish_import(import_id, "ok", scenes_added=report.scenes_added)
+        report.repaired, report.damaged, report.warnings = info.repaired, info.damaged, list(info.warnings)
+
+    def _me_for(self, path: Path, kind: str, explicit_me: set[str], report: FileReport) -> set[str]:
+        known = explicit_me | self.journal.me_names()
+        if kind in PROSE_KINDS or kind == "obsidian_chat" or kind == "chatgpt":
+            # Prose is the user's own writing; these chat formats mark the user's turns.
+            return known
+        # A first pass over the file counts speakers (streamed, cheap next to embedding).
+        info, utterances = open_source(path, kind)
+        speakers: Counter = Counter()
+        for utt in utterances:
+            if utt.speaker:
+                speakers[utt.speaker] += 1
+        present = {s for s in speakers if s in known}
+        if not present and explicit_me:
+            # The user said who they are; guessing someone else would be wrong.
+            report.warnings.append(f"none of {sorted(explicit_me)} speaks in this file")
+        elif not present and speakers:
+            top = speakers.most_common(1)[0][0]
+            present = {top}
+            report.me_detected = True
+            self.journal.add_me_names(present)
+        report.me = sorted(present)
+        return known | present
+
+    def _insert(self, batch: list, import_id: int, report: FileReport) -> None:
+        if not batch:
+            return
+        ids = [s.id for s in batch]
+        existing = self.store.existing(ids)
+        new = [s for s in batch if s.id not in existing]
+        report.scenes_skipped += len(batch) - len(new)
+        if not new:
+            return
+        vectors = self.embedder.encode([s.text for s in new])
+        self.store.add([s.id for s in new], vectors, [s.text for s in new], [s.metadata(import_id) for s in new])
+        report.scenes_added += len(new)
+
+
+def supported_formats_text() -> str:
+    return "; ".join(SUPPORTED_FORMATS.values())

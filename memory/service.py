@@ -1,0 +1,147 @@
+"""`SceneMemory`: the one object the rest of the app uses for scene memory — import
+files, search, forget a source, and retrieve the scenes that matter for a chat turn.
+It composes the embedder, the Chroma store and the journal, opening each lazily so a
+process that never touches memory never loads sentence-transformers or ChromaDB."""
+
+from __future__ import annotations
+
+import logging
+import typing
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import MemoryConfig
+from .embedder import Embedder
+from .errors import MemoryUserError
+from .journal import Journal
+from .scenes import estimate_tokens, my_lines
+from .store import Hit, SceneStore
+
+if typing.TYPE_CHECKING:  # the ingest chain (importers, ftfy, ijson) loads on first import only
+    from .ingest import ImportSummary, Ingestor, Progress
+
+log = logging.getLogger(__name__)
+
+
+class UnknownSourceError(MemoryUserError):
+    pass
+
+
+@dataclass
+class Retrieval:
+    """What a turn got from memory: the scenes that fit, the user's own lines among them
+    (style examples), and the query embedding (reused by the persona router)."""
+
+    hits: list[Hit] = field(default_factory=list)
+    style_lines: list[str] = field(default_factory=list)
+    query_embedding: np.ndarray | None = None
+    error: str | None = None  # memory unavailable: the turn goes on without it
+
+
+class SceneMemory:
+    def __init__(self, config: MemoryConfig, home: Path, journal: Journal, embedder: Embedder | None = None):
+        self.config, self.home, self.journal = config, home, journal
+        self._lock = threading.Lock()
+        self._embedder: Embedder | None = embedder
+        self._store: SceneStore | None = None
+        self._ingestor: Ingestor | None = None
+
+    @property
+    def embedder(self) -> Embedder:
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = Embedder(self.config.embedder, self.config.embed_batch_size)
+            return self._embedder
+
+    @property
+    def store(self) -> SceneStore:
+        with self._lock:
+            if self._store is None:
+                self._store = SceneStore(self.home / "chroma", self.config.chroma_url, self.config.collection)
+            return self._store
+
+    @property
+    def ingestor(self) -> "Ingestor":
+        from .ingest import Ingestor
+
+        store, embedder = self.store, self.embedder
+        with self._lock:
+            if self._ingestor is None:
+                self._ingestor = Ingestor(self.config, self.journal, store, embedder)
+            return self._ingestor
+
+    # -- import / forget ----------------------------------------------------------------
+    def import_paths(
+        self,
+        paths: Iterable[Path],
+        *,
+        me: Iterable[str] = (),
+        source_names: dict[Path, str] | None = None,
+        progress: "Progress | None" = None,
+    ) -> "ImportSummary":
+        return self.ingestor.import_paths(paths, me=me, source_names=source_names, progress=progress)
+
+    def sources(self) -> dict[str, dict]:
+        return self.store.sources()
+
+    def resolve_source(self, name: str) -> str:
+        """A source as the user names it: its full key, a path, or a unique file name."""
+        known = self.sources()
+        if name in known:
+            return name
+        try:
+            as_path = str(Path(name).expanduser().resolve())
+        except (OSError, ValueError):
+            as_path = name
+        if as_path in known:
+            return as_path
+        matches = [s for s in known if Path(s).name == name or s.endswith(f"/{name}")]
+        if len(matches) == 1:
+            return matches[0]
+        listing = ", ".join(sorted(known)) or "(memory is empty)"
+        if matches:
+            raise UnknownSourceError(f"'{name}' matches several sources: {', '.join(matches)}")
+        raise UnknownSourceError(f"No imported source '{name}'. Imported sources: {listing}")
+
+    def forget(self, name: str) -> tuple[str, int]:
+        source = self.resolve_source(name)
+        return source, self.store.delete_where({"source": source})
+
+    # -- search ---------------------------------------------------------------------------
+    def search(self, query: str, k: int = 5) -> list[Hit]:
+        if not query.strip():
+            raise MemoryUserError("The search query is empty.")
+        return self.store.query(self.embedder.encode_one(query), k)
+
+    def retrieve(self, message: str, recent: list[str] | None = None) -> Retrieval:
+        """Scenes for one chat turn: query = the message plus a little recent context,
+        keep those above `min_score`, best first, within `context_tokens`."""
+        cfg = self.config
+        query = "\n".join([*(recent or [])[-1:], message])
+        try:
+            if self.store.count() == 0:
+                return Retrieval()  # nothing imported yet: don't load the embedder for nothing
+            vector = self.embedder.encode_one(query)
+            candidates = self.store.query(vector, cfg.top_k * 2)
+        except Exception as exc:  # noqa: BLE001 — a broken store must not break the chat
+            log.warning("memory unavailable for this turn: %s", exc)
+            return Retrieval(error=f"memory unavailable: {exc}")
+        kept: list[Hit] = []
+        used = 0
+        for hit in candidates:
+            if hit.score < cfg.min_score or len(kept) >= cfg.top_k:
+                continue
+            cost = estimate_tokens(hit.text)
+            if used + cost > cfg.context_tokens:
+                continue
+            kept.append(hit)
+            used += cost
+        style = []
+        for hit in kept:
+            if hit.meta.get("is_me") or hit.meta.get("me_speaker"):
+                style += my_lines(hit.text, hit.meta.get("me_speaker", ""), hit.meta.get("source_kind", ""))
+        return Retrieval(hits=kept, style_lines=style[:6], query_embedding=vector)

@@ -1,0 +1,133 @@
+"""The scene store: one ChromaDB collection (cosine space) of scenes with their
+embeddings and metadata (source, source kind, speaker, is_me, timestamp, position,
+conversation, heading, language, import id). By default a `PersistentClient` under
+`ALTEREGO_HOME/chroma`; with `memory.chroma_url` set, an `HttpClient` to a Chroma server.
+We always pass our own embeddings: Chroma's default embedding function would try to
+download a model, so the collection is created without one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from .errors import StoreUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hit:
+    id: str
+    text: str
+    score: float  # cosine similarity, 1 = identical
+    meta: dict
+
+    @property
+    def source(self) -> str:
+        return self.meta.get("source", "")
+
+    @property
+    def speaker(self) -> str:
+        return self.meta.get("speaker", "")
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "text": self.text,
+            "score": round(self.score, 4),
+            "source": self.source,
+            "source_kind": self.meta.get("source_kind", ""),
+            "speaker": self.speaker,
+            "is_me": bool(self.meta.get("is_me", False)),
+            "timestamp": self.meta.get("timestamp"),
+            "conversation": self.meta.get("conversation", ""),
+            "heading": self.meta.get("heading", ""),
+            "language": self.meta.get("language", ""),
+        }
+
+
+class SceneStore:
+    def __init__(self, path: Path | None = None, url: str = "", collection: str = "scenes"):
+        import chromadb
+
+        settings = chromadb.Settings(anonymized_telemetry=False)
+        try:
+            if url:
+                parsed = urlparse(url)
+                self.client = chromadb.HttpClient(
+                    host=parsed.hostname or "127.0.0.1",
+                    port=parsed.port or 8000,
+                    ssl=parsed.scheme == "https",
+                    settings=settings,
+                )
+            else:
+                assert path is not None
+                path.mkdir(parents=True, exist_ok=True)
+                self.client = chromadb.PersistentClient(path=str(path), settings=settings)
+            self.collection = self.client.get_or_create_collection(
+                collection, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+            )
+        except Exception as exc:  # chromadb raises many types (connection, validation)
+            where = url or str(path)
+            raise StoreUnavailableError(f"Cannot open the scene store at {where}: {exc}") from None
+        self.max_batch = min(self.client.get_max_batch_size(), 1024)
+
+    def count(self) -> int:
+        return self.collection.count()
+
+    def existing(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        return set(self.collection.get(ids=ids, include=[])["ids"])
+
+    def add(self, ids: list[str], embeddings: np.ndarray, documents: list[str], metadatas: list[dict]) -> None:
+        for i in range(0, len(ids), self.max_batch):
+            sl = slice(i, i + self.max_batch)
+            self.collection.add(
+                ids=ids[sl], embeddings=embeddings[sl], documents=documents[sl], metadatas=metadatas[sl]
+            )
+
+    def ids_where(self, where: dict) -> list[str]:
+        return self.collection.get(where=where, include=[])["ids"]
+
+    def delete_ids(self, ids: Iterable[str]) -> int:
+        ids = list(ids)
+        for i in range(0, len(ids), self.max_batch):
+            self.collection.delete(ids=ids[i : i + self.max_batch])
+        return len(ids)
+
+    def delete_where(self, where: dict) -> int:
+        return self.delete_ids(self.ids_where(where))
+
+    def sources(self) -> dict[str, dict]:
+        """source -> {kind, scenes}; reads metadata only, in pages."""
+        out: dict[str, dict] = {}
+        offset, page = 0, 5000
+        while True:
+            got = self.collection.get(include=["metadatas"], limit=page, offset=offset)
+            for meta in got["metadatas"] or []:
+                row = out.setdefault(meta["source"], {"kind": meta.get("source_kind", ""), "scenes": 0})
+                row["scenes"] += 1
+            if len(got["ids"]) < page:
+                return out
+            offset += page
+
+    def query(self, embedding: np.ndarray, k: int, where: dict | None = None) -> list[Hit]:
+        n = self.count()
+        if n == 0 or k <= 0:
+            return []
+        res = self.collection.query(
+            query_embeddings=[np.asarray(embedding, dtype=np.float32)],
+            n_results=min(k, n),
+            where=where,
+            include=["documents", "metadatas", "distances"],
+        )
+        return [
+            Hit(id=i, text=d, score=1.0 - float(dist), meta=m or {})
+            for i, d, m, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])
+        ]
