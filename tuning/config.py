@@ -1,6 +1,7 @@
-"""Configuration of the tuning pipeline (LoRA training defaults from the design notes:
-r=16, alpha=16, dropout 0.05 on the attention projections). The training pipeline itself
-arrives with the tuning issue; the dataclass is here so settings are complete and stable."""
+"""Configuration of the tuning pipeline: LoRA defaults from the design notes (r=16,
+alpha=16, dropout 0.05 on the attention projections; never embeddings or the LM head),
+training steps and threads, the held-out split, and the evaluation gate's margin.
+Composed into `webapp.settings.Settings` as the `[tuning]` section."""
 
 from __future__ import annotations
 
@@ -18,4 +19,13 @@ class TuningConfig:
     batch_size: int = 4
     # "auto" = QLoRA on CUDA, plain LoRA on CPU; "on" / "off" force it.
     qlora: str = "auto"
+    # Threads of a training run. It also runs at nice 10, so chat keeps priority.
     train_threads: int = 1
+    max_length: int = 512
+    heldout_fraction: float = 0.1
+    # A run needs at least this many training pairs.
+    min_pairs: int = 8
+    # The candidate must beat the current adapter's held-out loss by this much to be promoted.
+    promote_margin: float = 0.01
+    # An HF-format model directory to train from; "" = materialise it from the GGUF base.
+    hf_base: str = ""

@@ -1,0 +1,282 @@
+"""Harvesting a persona's training data into chat-format JSONL.
+
+Sources, per persona:
+- `me`, from scene memory: in chats and transcripts, each run of the user's own messages
+  is a target and the other side's turns just before it (a few, within a token budget)
+  the prompt; in notes, each of the user's passages is a target for a prompt made of the
+  passage before it (or, for the first under a heading, the heading);
+- every persona, from the journal: replies the user approved (target = the reply) or
+  edited (target = the edited text), with the conversation before them as the prompt.
+  Edits and rejections are also written as preference pairs for a later DPO/KTO step;
+- built-in role personas: their `examples.jsonl`.
+
+Pairs are deduplicated, empty and oversized ones dropped, and split deterministically:
+the held-out set is the *newest* slice (by timestamp, then position), so evaluation asks
+"does it speak like me now". Each line is `{"prompt": [system, user…], "completion":
+[assistant]}` — trl's prompt-completion format, which puts the loss on the completion
+only. `dataset.json` records counts, tokens and which sources the data came from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memory.documents import CHAT_KINDS, PROSE_KINDS, TRANSCRIPT_KINDS
+from memory.journal import Journal, Turn
+from memory.scenes import estimate_tokens
+from personas.catalog import Persona
+
+CONTEXT_TOKENS = 200  # prompt context budget per pair
+MAX_PAIR_TOKENS = 768  # pairs larger than this are dropped (they would be truncated in training)
+MIN_HELDOUT = 1
+
+
+@dataclass
+class Pair:
+    prompt: list[dict]
+    completion: str
+    source: str
+    order: tuple = (0.0, "", 0)  # (timestamp, source, position): newest last
+
+    def record(self) -> dict:
+        return {
+            "prompt": self.prompt,
+            "completion": [{"role": "assistant", "content": self.completion}],
+            "source": self.source,
+        }
+
+    @property
+    def tokens(self) -> int:
+        return sum(estimate_tokens(m["content"]) for m in self.prompt) + estimate_tokens(self.completion)
+
+
+@dataclass
+class DatasetSummary:
+    persona: str
+    train: int = 0
+    heldout: int = 0
+    preferences: int = 0
+    tokens: int = 0
+    sources: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    path: str = ""
+
+    def as_dict(self) -> dict:
+        return {
+            "persona": self.persona, "pairs": self.train + self.heldout, "train": self.train,
+            "heldout": self.heldout, "preferences": self.preferences, "tokens": self.tokens,
+            "sources": self.sources, "dropped": self.dropped, "path": self.path,
+        }
+
+
+# -- from scene memory ---------------------------------------------------------------------
+def _split_lines(text: str, speakers: list[str]) -> list[tuple[str, str]]:
+    """A stored chat/transcript scene back into (speaker, text) turns; lines that don't
+    start with a known speaker continue the previous turn (multi-line messages)."""
+    turns: list[tuple[str, str]] = []
+    prefixes = sorted((f"{s}: " for s in speakers if s), key=len, reverse=True)
+    for line in text.split("\n"):
+        who = next((p for p in prefixes if line.startswith(p)), None)
+        if who:
+            turns.append((who[:-2], line[len(who):]))
+        elif turns:
+            turns[-1] = (turns[-1][0], f"{turns[-1][1]}\n{line}")
+    return turns
+
+
+def _context(lines: list[str], budget: int) -> str:
+    kept: list[str] = []
+    used = 0
+    for line in reversed(lines):
+        cost = estimate_tokens(line)
+        if kept and used + cost > budget:
+            break
+        kept.insert(0, line)
+        used += cost
+    return "\n".join(kept)
+
+
+def pairs_from_scenes(scenes: Iterable[tuple[str, dict]], system: str, budget: int = CONTEXT_TOKENS) -> Iterator[Pair]:
+    """Pairs from (text, metadata) scenes, which must come ordered by source and position."""
+    key = None
+    others: list[str] = []  # the other side's turns since the user last spoke
+    mine: list[str] = []
+    stamp = (0.0, "", 0)
+    prose_prev: tuple[str, str] | None = None  # (heading, passage)
+
+    def flush() -> Iterator[Pair]:
+        if mine and others:
+            prompt = [{"role": "system", "content": system}, {"role": "user", "content": _context(others, budget)}]
+            yield Pair(prompt, "\n".join(mine), f"memory:{stamp[1]}", stamp)
+
+    for text, meta in scenes:
+        kind, source = meta.get("source_kind", ""), meta.get("source", "")
+        scene_key = (source, meta.get("conversation", ""))
+        stamp_here = (float(meta.get("timestamp", 0.0)), source, int(meta.get("position", 0)))
+        if kind in PROSE_KINDS:
+            heading = meta.get("heading", "")
+            for passage in (p.strip() for p in text.split("\n\n")):
+                if not passage:
+                    continue
+                if prose_prev and prose_prev[0] == heading and prose_prev[1]:
+                    context = prose_prev[1]
+                else:
+                    context = f"Write about: {heading}" if heading else ""
+                if context:
+                    prompt = [{"role": "system", "content": system}, {"role": "user", "content": _context([context], budget)}]
+                    yield Pair(prompt, passage, f"memory:{source}", stamp_here)
+                prose_prev = (heading, passage)
+            continue
+        if kind not in CHAT_KINDS and kind not in TRANSCRIPT_KINDS:
+            continue
+        if scene_key != key:  # a new conversation: context does not carry over
+            yield from flush()
+            key, others, mine = scene_key, [], []
+        me = meta.get("me_speaker", "")
+        speakers = [s.strip() for s in meta.get("speakers", "").split(",") if s.strip()]
+        for speaker, line in _split_lines(text, speakers):
+            if me and speaker == me:
+                mine.append(line)
+                stamp = stamp_here
+            else:
+                if mine:
+                    yield from flush()
+                    others, mine = [], []
+                others.append(line if len(speakers) <= 2 else f"{speaker}: {line}")
+    yield from flush()
+
+
+def scenes_in_order(store, kinds: set[str]) -> list[tuple[str, dict]]:
+    """All stored scenes of the given kinds as (text, metadata), ordered by source and position."""
+    rows: list[tuple[str, dict]] = []
+    offset, page = 0, 5000
+    while True:
+        got = store.collection.get(
+            where={"source_kind": {"$in": sorted(kinds)}}, include=["documents", "metadatas"],
+            limit=page, offset=offset,
+        )
+        rows += list(zip(got["documents"], got["metadatas"]))
+        if len(got["ids"]) < page:
+            break
+        offset += page
+    return sorted(rows, key=lambda r: (r[1].get("source", ""), r[1].get("conversation", ""), r[1].get("position", 0)))
+
+
+# -- from the journal and built-in examples ---------------------------------------------------
+def _conversation_prompt(journal: Journal, turn: Turn, system: str, budget: int) -> list[dict]:
+    earlier = [t for t in journal.turns(turn.conversation_id) if t.id < turn.id and t.status == "ok"]
+    history: list[dict] = []
+    used = estimate_tokens(turn.user_text)
+    for t in reversed(earlier):
+        reply = t.edited_text if t.feedback == "edited" and t.edited_text else t.reply
+        cost = estimate_tokens(t.user_text) + estimate_tokens(reply)
+        if used + cost > budget:
+            break
+        history = [{"role": "user", "content": t.user_text}, {"role": "assistant", "content": reply}] + history
+        used += cost
+    return [{"role": "system", "content": system}, *history, {"role": "user", "content": turn.user_text}]
+
+
+def pairs_from_journal(journal: Journal, persona: Persona, budget: int = CONTEXT_TOKENS) -> tuple[list[Pair], list[dict]]:
+    pairs, preferences = [], []
+    for turn in journal.turns_with_feedback(persona.name):
+        prompt = _conversation_prompt(journal, turn, persona.system_prompt, budget)
+        order = (0.0, turn.feedback_at or turn.created_at, turn.id)
+        if turn.feedback == "approved":
+            pairs.append(Pair(prompt, turn.reply, "journal:approved", order))
+        elif turn.feedback == "edited" and turn.edited_text:
+            pairs.append(Pair(prompt, turn.edited_text, "journal:edited", order))
+            preferences.append({"type": "dpo", "prompt": prompt, "chosen": turn.edited_text,
+                                "rejected": turn.reply, "turn_id": turn.id})
+        elif turn.feedback == "rejected":
+            preferences.append({"type": "kto", "prompt": prompt, "completion": turn.reply,
+                                "label": False, "turn_id": turn.id})
+    return pairs, preferences
+
+
+def pairs_from_examples(persona: Persona) -> list[Pair]:
+    path = persona.examples_path
+    if path is None:
+        return []
+    pairs = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        messages = json.loads(line)["messages"]
+        *context, answer = messages
+        if answer.get("role") != "assistant":
+            continue
+        prompt = [{"role": "system", "content": persona.system_prompt}, *context]
+        pairs.append(Pair(prompt, answer["content"], f"builtin:{persona.name}/examples.jsonl", (0.0, "", i)))
+    return pairs
+
+
+# -- the whole harvest -----------------------------------------------------------------------
+def clean(pairs: Iterable[Pair], max_tokens: int = MAX_PAIR_TOKENS) -> tuple[list[Pair], Counter]:
+    dropped: Counter = Counter()
+    seen: set[str] = set()
+    out = []
+    for pair in pairs:
+        if not pair.completion.strip() or not pair.prompt[-1]["content"].strip():
+            dropped["empty"] += 1
+            continue
+        if pair.tokens > max_tokens:
+            dropped["oversized"] += 1
+            continue
+        digest = hashlib.sha256(json.dumps([pair.prompt[1:], pair.completion], ensure_ascii=False).encode()).hexdigest()
+        if digest in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add(digest)
+        out.append(pair)
+    return out, dropped
+
+
+def split(pairs: list[Pair], heldout_fraction: float = 0.1) -> tuple[list[Pair], list[Pair]]:
+    """Deterministic split: the newest slice is held out."""
+    ordered = sorted(pairs, key=lambda p: p.order)
+    if len(ordered) < 2:
+        return ordered, []
+    n = max(MIN_HELDOUT, math.ceil(len(ordered) * heldout_fraction))
+    return ordered[:-n], ordered[-n:]
+
+
+def harvest(
+    persona: Persona,
+    out_dir: Path,
+    *,
+    journal: Journal,
+    store=None,
+    heldout_fraction: float = 0.1,
+    max_tokens: int = MAX_PAIR_TOKENS,
+) -> DatasetSummary:
+    """Write train.jsonl, heldout.jsonl, preferences.jsonl and dataset.json into out_dir."""
+    candidates: list[Pair] = []
+    if persona.name == "me" and store is not None and store.count():
+        kinds = set(CHAT_KINDS) | set(TRANSCRIPT_KINDS) | set(PROSE_KINDS)
+        candidates += pairs_from_scenes(scenes_in_order(store, kinds), persona.system_prompt)
+    candidates += pairs_from_examples(persona)
+    journal_pairs, preferences = pairs_from_journal(journal, persona)
+    candidates += journal_pairs
+    pairs, dropped = clean(candidates, max_tokens)
+    train, heldout = split(pairs, heldout_fraction)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train.jsonl", [p.record() for p in train]), ("heldout.jsonl", [p.record() for p in heldout]),
+                       ("preferences.jsonl", preferences)):
+        with open(out_dir / name, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    summary = DatasetSummary(
+        persona=persona.name, train=len(train), heldout=len(heldout), preferences=len(preferences),
+        tokens=sum(p.tokens for p in pairs), sources=dict(Counter(p.source for p in pairs)),
+        dropped=dict(dropped), path=str(out_dir),
+    )
+    (out_dir / "dataset.json").write_text(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+    return summary

@@ -1,0 +1,116 @@
+"""The evaluation gate's measurements: mean held-out loss per assistant token of the
+base model, the currently active adapter and the candidate, plus a few sample
+generations of the candidate, all with transformers + peft on the HF base.
+
+Loss is the mean negative log-likelihood of the completion tokens only (the prompt is
+masked), summed over the held-out set and divided by its completion-token count, so
+long and short answers weigh by their tokens. `should_promote` is the gate itself: the
+candidate must beat the base, and the current adapter by a margin."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+SAMPLES = 3
+SAMPLE_TOKENS = 48
+
+
+def _encode(tokenizer, row: dict) -> tuple[list[int], int] | None:
+    prompt, completion = row["prompt"], row["completion"]
+    head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+    full = tokenizer.apply_chat_template(prompt + completion, tokenize=True)
+    head, full = list(_ids(head)), list(_ids(full))
+    if full[: len(head)] != head or len(full) <= len(head):
+        return None
+    return full, len(head)
+
+
+def _ids(encoded):
+    return encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
+
+
+def heldout_loss(model, tokenizer, rows: list[dict], max_length: int = 512) -> tuple[float, int]:
+    """(mean NLL per completion token, completion tokens)."""
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for row in rows:
+            enc = _encode(tokenizer, row)
+            if enc is None:
+                continue
+            ids, start = enc
+            ids = ids[:max_length]
+            if start >= len(ids):
+                continue
+            input_ids = torch.tensor([ids], device=model.device)
+            logits = model(input_ids=input_ids).logits.float()
+            logp = torch.log_softmax(logits[0, :-1], dim=-1)
+            targets = input_ids[0, 1:]
+            token_logp = logp.gather(1, targets.unsqueeze(1)).squeeze(1)[start - 1 :]
+            total += float(-token_logp.sum())
+            count += int(token_logp.numel())
+    return (total / count if count else math.nan), count
+
+
+def samples(model, tokenizer, rows: list[dict], n: int = SAMPLES) -> list[dict]:
+    import torch
+
+    out = []
+    for row in rows[-n:]:
+        ids = _ids(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True))
+        input_ids = torch.tensor([list(ids)], device=model.device)
+        with torch.no_grad():
+            gen = model.generate(input_ids=input_ids, max_new_tokens=SAMPLE_TOKENS, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        out.append({
+            "prompt": row["prompt"][-1]["content"],
+            "reference": row["completion"][0]["content"],
+            "candidate": tokenizer.decode(gen[0, input_ids.shape[1]:], skip_special_tokens=True).strip(),
+        })
+    return out
+
+
+def evaluate_run(*, base_dir: Path, candidate_dir: Path, current_dir: Path | None, heldout: list[dict], tokenizer) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(candidate_dir), adapter_name="candidate")
+    candidate_loss, tokens = heldout_loss(model, tokenizer, heldout)
+    with model.disable_adapter():
+        base_loss, _ = heldout_loss(model, tokenizer, heldout)
+    current_loss = None
+    if current_dir is not None and (current_dir / "adapter_config.json").is_file():
+        model.load_adapter(str(current_dir), adapter_name="current")
+        model.set_adapter("current")
+        current_loss, _ = heldout_loss(model, tokenizer, heldout)
+        model.set_adapter("candidate")
+    return {
+        "base_loss": _round(base_loss),
+        "current_loss": _round(current_loss),
+        "candidate_loss": _round(candidate_loss),
+        "heldout_pairs": len(heldout),
+        "heldout_tokens": tokens,
+        "samples": samples(model, tokenizer, heldout),
+    }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 4)
+
+
+def should_promote(evaluation: dict, margin: float) -> tuple[bool, str]:
+    """The gate: beat the base, and beat the current adapter by `margin` (absolute loss)."""
+    cand, base, cur = evaluation.get("candidate_loss"), evaluation.get("base_loss"), evaluation.get("current_loss")
+    if cand is None:
+        return False, "no held-out data to evaluate on"
+    if base is not None and cand >= base:
+        return False, f"candidate loss {cand:.4f} does not beat the base model ({base:.4f})"
+    if cur is not None and cand > cur - margin:
+        return False, f"candidate loss {cand:.4f} does not beat the current adapter ({cur:.4f}) by {margin}"
+    against = f"current {cur:.4f}" if cur is not None else f"base {base:.4f}"
+    return True, f"candidate loss {cand:.4f} beats {against}"

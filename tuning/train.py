@@ -1,0 +1,224 @@
+"""One training run, in its own process: `python -m tuning.train RUN_DIR`.
+
+RUN_DIR holds `config.json` (written by `tuning.pipeline`) and the harvested dataset
+(`train.jsonl`, `heldout.jsonl`). The run trains a LoRA with trl's `SFTTrainer` and a
+peft `LoraConfig` (loss on the completion only; never the embeddings or the LM head),
+as QLoRA (bitsandbytes 4-bit nf4, bf16 compute) when configured, then exports the
+adapter to GGUF and evaluates base / current / candidate on the held-out set
+(`tuning.evaluate`). Results go to `result.json`; promotion is the parent's decision.
+
+It runs at lower CPU priority (nice) with a bounded number of threads so the chat stays
+responsive, writes progress (step, loss, tokens/s, ETA, the loss curve) to `status.json`
+after every step, and stops cleanly when RUN_DIR/cancel appears or on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+STATUS = "status.json"
+RESULT = "result.json"
+CANCEL = "cancel"
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Status:
+    """status.json, rewritten atomically so a reader never sees half a file."""
+
+    def __init__(self, run_dir: Path, max_steps: int):
+        self.path = run_dir / STATUS
+        self.data = {"state": "starting", "step": 0, "max_steps": max_steps, "loss": None, "tokens_per_s": 0.0,
+                     "eta_s": None, "losses": [], "pid": os.getpid(), "started_at": time.time(), "message": ""}
+        self.flush()
+
+    def update(self, **fields) -> None:
+        self.data.update(fields)
+        self.flush()
+
+    def flush(self) -> None:
+        write_json(self.path, self.data)
+
+
+def lower_priority(threads: int) -> None:
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
+def load_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run(run_dir: Path) -> dict:
+    cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    status = Status(run_dir, cfg["max_steps"])
+    stop = {"requested": False}
+
+    def on_term(signum, frame):  # noqa: ARG001
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    lower_priority(cfg.get("threads", 1))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    torch.manual_seed(cfg.get("seed", 0))
+    base_dir = cfg["base_dir"]
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    qlora = bool(cfg.get("qlora"))
+    model_kwargs: dict = {"dtype": torch.float32}
+    if qlora:
+        from transformers import BitsAndBytesConfig
+
+        model_kwargs = {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                bnb_4bit_use_double_quant=True,
+            ),
+            "dtype": torch.bfloat16,
+        }
+        if torch.cuda.is_available():
+            model_kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **model_kwargs)
+
+    lora = cfg["lora"]
+    peft_config = LoraConfig(
+        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"], bias="none", task_type="CAUSAL_LM",
+    )
+    train_rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in load_rows(run_dir / "train.jsonl")]
+    dataset = Dataset.from_list(train_rows)
+    args = SFTConfig(
+        output_dir=str(run_dir / "trainer"),
+        max_steps=cfg["max_steps"],
+        per_device_train_batch_size=cfg.get("batch_size", 4),
+        learning_rate=cfg.get("learning_rate", 2e-4),
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=min(10, max(1, cfg["max_steps"] // 10)),
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        max_length=cfg.get("max_length", 512),
+        completion_only_loss=True,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=qlora,
+        seed=cfg.get("seed", 0),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+    class Progress(TrainerCallback):
+        def __init__(self):
+            self.t0 = time.perf_counter()
+            self.tokens = 0
+
+        def on_step_end(self, args_, state, control, **kw):  # noqa: ARG002
+            if stop["requested"] or (run_dir / CANCEL).exists():
+                control.should_training_stop = True
+                status.update(state="cancelling")
+
+        def on_log(self, args_, state, control, logs=None, **kw):  # noqa: ARG002
+            if not logs or "loss" not in logs:
+                return
+            elapsed = time.perf_counter() - self.t0
+            self.tokens = int(state.num_input_tokens_seen or 0) or self.tokens
+            per_step = elapsed / max(state.global_step, 1)
+            status.data["losses"].append([state.global_step, round(float(logs["loss"]), 4)])
+            status.update(
+                state="training", step=state.global_step, loss=round(float(logs["loss"]), 4),
+                tokens_per_s=round(self.tokens / elapsed, 1) if elapsed else 0.0,
+                eta_s=round(per_step * (cfg["max_steps"] - state.global_step), 1),
+            )
+
+    args.include_num_input_tokens_seen = True
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=peft_config, callbacks=[Progress()],
+    )
+    status.update(state="training", message=f"{len(train_rows)} training pairs")
+    started = time.perf_counter()
+    output = trainer.train()
+    train_s = time.perf_counter() - started
+    tokens_seen = int(trainer.state.num_input_tokens_seen or 0)
+    if stop["requested"] or (run_dir / CANCEL).exists():
+        status.update(state="cancelled", message="cancelled; nothing was promoted")
+        return {"state": "cancelled"}
+
+    adapter_dir = run_dir / "adapter"
+    trainer.model.save_pretrained(str(adapter_dir))
+    status.update(state="exporting")
+    from .export import export_peft_to_gguf
+
+    gguf = export_peft_to_gguf(adapter_dir, run_dir / "adapter.gguf")
+
+    status.update(state="evaluating")
+    from .evaluate import evaluate_run
+
+    evaluation = evaluate_run(
+        base_dir=Path(base_dir), candidate_dir=adapter_dir,
+        current_dir=Path(cfg["current_peft"]) if cfg.get("current_peft") else None,
+        heldout=load_rows(run_dir / "heldout.jsonl"), tokenizer=tokenizer,
+    )
+    result = {
+        "state": "done",
+        "gguf": str(gguf),
+        "peft": str(adapter_dir),
+        "train": {
+            "steps": trainer.state.global_step,
+            "loss": round(float(output.training_loss), 4),
+            "tokens": tokens_seen,
+            "tokens_per_s": round(tokens_seen / train_s, 1) if train_s else 0.0,
+            "seconds": round(train_s, 1),
+            "qlora": qlora,
+            "losses": status.data["losses"],
+        },
+        "eval": evaluation,
+    }
+    status.update(state="done", message="finished")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m tuning.train RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(argv[0])
+    try:
+        result = run(run_dir)
+    except Exception as exc:  # noqa: BLE001 — recorded for the parent, with the traceback in the log
+        traceback.print_exc()
+        result = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        try:
+            status = json.loads((run_dir / STATUS).read_text())
+            status.update(state="failed", message=result["error"])
+            write_json(run_dir / STATUS, status)
+        except (OSError, ValueError):
+            pass
+    write_json(run_dir / RESULT, result)
+    return 0 if result["state"] in ("done", "cancelled") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
