@@ -91,6 +91,25 @@ MIGRATIONS: list[str] = [
     ALTER TABLE turns ADD COLUMN feedback_at TEXT;
     CREATE INDEX turns_by_feedback ON turns(feedback, id);
     """,
+    # v4 -> v5: background training. Each scheduled run is recorded (so a restart neither
+    # loses nor repeats work); `watermark` is the last feedback turn a finished run covered.
+    """
+    CREATE TABLE training_runs (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        persona     TEXT NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'cancelled', 'interrupted')),
+        trigger     TEXT NOT NULL DEFAULT 'schedule',
+        run_dir     TEXT NOT NULL DEFAULT '',
+        watermark   INTEGER NOT NULL DEFAULT 0,
+        version     INTEGER,
+        promoted    INTEGER,
+        summary     TEXT NOT NULL DEFAULT '{}',
+        error       TEXT,
+        started_at  TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE INDEX training_runs_by_persona ON training_runs(persona, id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -302,6 +321,86 @@ class Journal:
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY id", params).fetchall()
         return [Turn(**dict(r)) for r in rows]
+
+    def feedback_counts(self) -> dict[str, dict[str, int]]:
+        """persona -> {approved, edited, rejected, pending} (pending = completed, no verdict)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT persona, COALESCE(feedback, 'pending') AS f, COUNT(*) FROM turns "
+                "WHERE status = 'ok' GROUP BY persona, f"
+            ).fetchall()
+        out: dict[str, dict[str, int]] = {}
+        for persona, f, n in rows:
+            out.setdefault(persona, {"approved": 0, "edited": 0, "rejected": 0, "pending": 0})[f] = n
+        return out
+
+    def pending_turns(self, limit: int = 200) -> list[Turn]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM turns WHERE status = 'ok' AND feedback IS NULL ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [Turn(**dict(r)) for r in rows]
+
+    def recent_turns(self, limit: int = 200) -> list[Turn]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM turns ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [Turn(**dict(r)) for r in rows]
+
+    # -- background training ------------------------------------------------------------
+    def approvals_since(self, persona: str, watermark: int) -> tuple[int, int]:
+        """(count, newest id) of approved/edited turns of a persona after `watermark`."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM turns WHERE persona = ? AND id > ? "
+                "AND feedback IN ('approved', 'edited')",
+                (persona, watermark),
+            ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def watermark(self, persona: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(MAX(watermark), 0) FROM training_runs WHERE persona = ? AND status = 'done'",
+                (persona,),
+            ).fetchone()
+        return int(row[0])
+
+    def start_run(self, persona: str, watermark: int, trigger: str) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO training_runs(persona, status, trigger, watermark, started_at) VALUES (?, 'running', ?, ?, ?)",
+                (persona, trigger, watermark, now_iso()),
+            )
+            return int(cur.lastrowid)
+
+    def update_run(self, run_id: int, **fields) -> None:
+        allowed = {"status", "run_dir", "version", "promoted", "summary", "error"}
+        cols = {k: v for k, v in fields.items() if k in allowed}
+        if "summary" in cols and not isinstance(cols["summary"], str):
+            cols["summary"] = json.dumps(cols["summary"], ensure_ascii=False)
+        if cols.get("status") in ("done", "failed", "cancelled", "interrupted"):
+            cols["finished_at"] = now_iso()
+        sets = ", ".join(f"{k} = ?" for k in cols)
+        with self.transaction() as db:
+            db.execute(f"UPDATE training_runs SET {sets} WHERE id = ?", (*cols.values(), run_id))
+
+    def runs(self, persona: str | None = None, limit: int = 50) -> list[dict]:
+        sql, params = "SELECT * FROM training_runs", ()
+        if persona:
+            sql, params = sql + " WHERE persona = ?", (persona,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+        return [dict(r) for r in rows]
+
+    def interrupt_running_runs(self) -> int:
+        """Runs left 'running' by a process that died: recorded as interrupted (retried later)."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE training_runs SET status = 'interrupted', finished_at = ?, "
+                "error = COALESCE(error, 'the app stopped during the run') WHERE status = 'running'",
+                (now_iso(),),
+            )
+            return cur.rowcount
 
     # -- router overrides ---------------------------------------------------------------
     def record_override(self, message: str, persona: str, routed_to: str) -> None:

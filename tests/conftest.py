@@ -3,6 +3,7 @@ SmolLM2 GGUF) loaded once per session, since every chat test needs it."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -57,6 +58,48 @@ def service(settings, engine, embedder):
     svc = ChatService(settings, engine=engine, journal=journal, memory=memory)
     yield svc
     svc.journal.close()
+
+
+TINY = {
+    "name": "tiny", "display_name": "Tiny", "description": "A test persona that answers in capitals.",
+    "system_prompt": "You are Tiny. Answer in capitals.",
+}
+
+
+@pytest.fixture(scope="session")
+def hf_base(tmp_path_factory):
+    from personas.models import embedded_chat_model, fingerprint
+    from tuning.base import materialize_hf_base
+
+    gguf = embedded_chat_model()
+    return materialize_hf_base(gguf, tmp_path_factory.mktemp("hf_base"), fingerprint(gguf))
+
+
+@pytest.fixture
+def tiny(home):
+    """A persona with a small, very regular training set, so a few steps move it."""
+    folder = home / "personas" / "tiny"
+    folder.mkdir(parents=True)
+    (folder / "persona.yaml").write_text("\n".join(f"{k}: {v}" for k, v in TINY.items()) + "\n")
+    rows = [
+        {"messages": [{"role": "user", "content": f"Tell me about {topic}."},
+                      {"role": "assistant", "content": f"{topic.upper()} IS GOOD. I LIKE {topic.upper()} VERY MUCH."}]}
+        for topic in ["apples", "rivers", "trains", "cats", "music", "bread", "winter", "books", "the sea", "coffee",
+                      "gardens", "bicycles", "stars", "rain", "letters", "mountains", "tea", "dogs", "summer", "maps"]
+    ]
+    from personas.catalog import PersonaCatalog
+
+    (folder / "examples.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return PersonaCatalog.load(home / "personas").get("tiny")
+
+
+def tuning_config(hf_base, **kw):
+    """Small, fast training settings for tests (a few steps on a tiny regular dataset)."""
+    from tuning.config import TuningConfig
+
+    defaults = dict(hf_base=str(hf_base), max_steps=6, batch_size=4, learning_rate=2e-3, min_pairs=4,
+                    heldout_fraction=0.2, train_threads=2)
+    return TuningConfig(**{**defaults, **kw})
 
 
 def cli_env(home: Path, **extra: str) -> dict:

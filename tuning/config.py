@@ -29,3 +29,9 @@ class TuningConfig:
     promote_margin: float = 0.01
     # An HF-format model directory to train from; "" = materialise it from the GGUF base.
     hf_base: str = ""
+    # The background retraining job: how often it looks, how many new approved replies
+    # make a persona due, and how long it waits after a failed run before trying again.
+    schedule_minutes: float = 30.0
+    min_new_approvals: int = 5
+    retry_minutes: float = 60.0
+    scheduler: bool = True  # start the job with the web app

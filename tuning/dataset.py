@@ -261,7 +261,7 @@ def harvest(
         kinds = set(CHAT_KINDS) | set(TRANSCRIPT_KINDS) | set(PROSE_KINDS)
         candidates += pairs_from_scenes(scenes_in_order(store, kinds), persona.system_prompt)
     candidates += pairs_from_examples(persona)
-    journal_pairs, preferences = pairs_from_journal(journal, persona)
+    journal_pairs, preferences = pairs_from_journal(journal, persona, budget=max_tokens // 2)
     candidates += journal_pairs
     pairs, dropped = clean(candidates, max_tokens)
     train, heldout = split(pairs, heldout_fraction)

@@ -171,10 +171,13 @@ def cancel(run_dir: Path) -> None:
 def train_persona(
     home: Path, config: TuningConfig, persona: Persona, *, journal: Journal, store, library: AdapterLibrary,
     model_path: str = "", max_steps: int | None = None, progress: Progress | None = None,
+    on_run_dir: Callable[[Path], None] | None = None,
 ) -> TrainOutcome:
     base_dir = hf_base_dir(home, config, model_path)
     run_dir, data = prepare_run(home, config, persona, journal=journal, store=store, library=library,
                                 base_dir=base_dir, max_steps=max_steps)
+    if on_run_dir:
+        on_run_dir(run_dir)
     result = run_subprocess(run_dir, config.train_threads, progress)
     outcome = TrainOutcome(persona.name, run_dir, data, result=result)
     if result.get("state") == "cancelled":

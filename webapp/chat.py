@@ -81,6 +81,7 @@ class ChatService:
         self._engine = engine
         self._router: PromptRouter | None = None
         self._library: AdapterLibrary | None = None
+        self._scheduler = None
 
     @property
     def engine(self) -> LlamaEngine:
@@ -108,6 +109,34 @@ class ChatService:
             self._router = PromptRouter(self.catalog, self.memory.embedder, self.settings.router)
             self._router.set_overrides(self.journal.overrides())
         return self._router
+
+    # -- approval loop ------------------------------------------------------------------
+    def approve(self, turn_id: int, edit: str | None = None) -> Turn:
+        """Approve a reply as sounding like its persona; with `edit`, the edited text is
+        what it should have said (and becomes the training target)."""
+        if edit is not None:
+            edit = self.validate(edit)
+            turn = self.journal.get_turn(turn_id)
+            if turn is not None and edit == turn.reply.strip():
+                edit = None  # an edit that changes nothing is a plain approval
+        return self.journal.set_feedback(turn_id, "edited" if edit else "approved", edit)
+
+    def reject(self, turn_id: int) -> Turn:
+        return self.journal.set_feedback(turn_id, "rejected")
+
+    @property
+    def scheduler(self):
+        """The background retraining job (created on first use; `start()` runs it)."""
+        if self._scheduler is None:
+            from tuning.scheduler import Deps, RetrainScheduler
+
+            self._scheduler = RetrainScheduler(Deps(
+                home=self.settings.home, config=self.settings.tuning, catalog=self.catalog, journal=self.journal,
+                library=self.adapters, store_for=lambda p: self.memory.store if p == "me" else None,
+                model_path=self.settings.engine.model_path,
+                on_promoted=lambda p: self.refresh_adapters() if self._engine is not None else None,
+            ))
+        return self._scheduler
 
     def warm_up(self) -> None:
         """Load the model, the embedder and the router's exemplars (UI start-up)."""

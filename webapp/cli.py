@@ -220,6 +220,55 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    turn = _service().approve(args.turn_id, edit=args.edit)
+    print(f"turn {turn.id}: {turn.feedback}" + (" (the edited text is the training target)" if args.edit else ""))
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    turn = _service().reject(args.turn_id)
+    print(f"turn {turn.id}: {turn.feedback}")
+    return 0
+
+
+def cmd_turns(args: argparse.Namespace) -> int:
+    service = _service()
+    turns = service.journal.pending_turns(args.limit) if args.pending else service.journal.recent_turns(args.limit)
+    rows = [
+        {"turn_id": t.id, "conversation_id": t.conversation_id, "persona": t.persona, "status": t.status,
+         "feedback": t.feedback, "user_text": t.user_text, "reply": t.reply, "edited_text": t.edited_text,
+         "created_at": t.created_at}
+        for t in turns
+    ]
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    for r in rows:
+        reply = " ".join((r["edited_text"] or r["reply"]).split())
+        print(f"{r['turn_id']:>6}  {r['persona']:<11} {r['feedback'] or 'pending':<9} "
+              f"{' '.join(r['user_text'].split())[:40]!r} -> {reply[:60]!r}")
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    import time
+
+    service = _service()
+    scheduler = service.scheduler
+    if args.once:
+        print(json.dumps(scheduler.tick(), ensure_ascii=False, indent=2, default=str))
+        return 0
+    interval = args.interval if args.interval else service.settings.tuning.schedule_minutes * 60
+    scheduler.start(interval)
+    print(f"alterego: retraining job every {interval:.0f} s (Ctrl-C to stop); next run {scheduler.next_run()}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        scheduler.shutdown()
+
+
 def cmd_personas(args: argparse.Namespace) -> int:
     from personas.catalog import PersonaCatalog
 
@@ -300,6 +349,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="re-activate a persona's previous adapter version")
     p.add_argument("persona")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("approve", help="approve a reply (optionally with your edited text)")
+    p.add_argument("turn_id", type=int)
+    p.add_argument("--edit", metavar="TEXT", help="what the reply should have said")
+    p.set_defaults(func=cmd_approve)
+
+    p = sub.add_parser("reject", help="reject a reply")
+    p.add_argument("turn_id", type=int)
+    p.set_defaults(func=cmd_reject)
+
+    p = sub.add_parser("turns", help="list recent turns and their approval state")
+    p.add_argument("--pending", action="store_true", help="only replies without a verdict")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_turns)
+
+    p = sub.add_parser("scheduler", help="run the background retraining job without the web UI")
+    p.add_argument("--interval", type=float, help="seconds between checks (default: tuning.schedule_minutes)")
+    p.add_argument("--once", action="store_true", help="check once, train what is due, print what happened")
+    p.set_defaults(func=cmd_scheduler)
 
     p = sub.add_parser("personas", help="list the personas")
     p.add_argument("--json", action="store_true")

@@ -1,6 +1,8 @@
 """The Gradio web UI: a thin layer over `ChatService`. `ChatUI` holds the callbacks as
 plain methods (tests call them directly, without a browser); `build_app` wires them to
-components and `launch` serves the app. No logic lives here that the service or the CLI
+components and `launch` serves the app. (Gradio is imported at module level because it
+resolves event-data type hints like `gr.LikeData` from the module's globals; the CLI
+imports this module only for `alterego run`.) No logic lives here that the service or the CLI
 could not reach: the UI converts between the journal and Gradio's message dicts, shows
 progress and errors, and nothing more."""
 
@@ -10,6 +12,8 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+import gradio as gr
 
 from personas.router import AUTO
 
@@ -47,15 +51,41 @@ def sources_message(sources: list[dict]) -> dict | None:
     }
 
 
-def reply_message(display: str, reply: str, *, adapter: str = "", route_reason: str = "", interrupted: bool = False) -> dict:
-    """An assistant message labelled with who answered (and, in Auto mode, why)."""
+FEEDBACK_BADGES = {"approved": "✅ approved", "edited": "✏️ edited & approved", "rejected": "❌ rejected"}
+
+
+def reply_message(
+    display: str, reply: str, *, adapter: str = "", route_reason: str = "", interrupted: bool = False,
+    feedback: str | None = None,
+) -> dict:
+    """An assistant message labelled with who answered (in Auto mode, why) and the
+    user's verdict on it. The label is the first paragraph; `strip_label` removes it."""
     label = f"**{display}**"
     if adapter:
         label += f" · adapter {adapter.split('/')[-1]}"
+    if feedback:
+        label += f" · {FEEDBACK_BADGES[feedback]}"
     if route_reason:
         label += f" · *auto: {route_reason}*"
     body = reply + ("\n\n*(reply interrupted)*" if interrupted else "")
     return {"role": "assistant", "content": f"{label}\n\n{body}".rstrip()}
+
+
+def message_text(content) -> str:
+    """Gradio hands message content back as a string or a list of {type, text} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    return str(content or "")
+
+
+def strip_label(text: str) -> str:
+    if text.startswith("**") and "\n\n" in text:
+        return text.split("\n\n", 1)[1].strip()
+    return text.strip()
 
 
 def _status_line(update: TurnUpdate, display: str) -> str:
@@ -92,25 +122,59 @@ class ChatUI:
     def messages_for(self, conversation_id: int | None) -> list[dict]:
         if conversation_id is None:
             return []
-        messages: list[dict] = []
+        return [m for m, _ in self._messages_and_turns(conversation_id)]
+
+    def _messages_and_turns(self, conversation_id: int) -> list[tuple[dict, int | None]]:
+        """The chat as shown, each message with the turn id it belongs to if it is a reply.
+        The UI's chat after a turn is exactly this list, so an event's message index maps
+        back to its turn without any per-session state."""
+        out: list[tuple[dict, int | None]] = []
         for turn in self.service.history(conversation_id):
-            messages.append({"role": "user", "content": turn.user_text})
-            messages.append(reply_message(
-                self._display(turn.persona), turn.reply, adapter=turn.adapter,
-                route_reason=turn.route_reason, interrupted=turn.status != "ok",
-            ))
+            out.append(({"role": "user", "content": turn.user_text}, None))
+            shown = turn.edited_text if turn.feedback == "edited" and turn.edited_text else turn.reply
+            out.append((reply_message(
+                self._display(turn.persona), shown, adapter=turn.adapter, route_reason=turn.route_reason,
+                interrupted=turn.status != "ok", feedback=turn.feedback,
+            ), turn.id if turn.status == "ok" else None))
             src = sources_message(turn.source_list)
             if src:
-                messages.append(src)
-        return messages
+                out.append((src, None))
+        return out
+
+    def turn_at(self, conversation_id: int | None, index: int) -> int | None:
+        if conversation_id is None:
+            return None
+        rows = self._messages_and_turns(int(conversation_id))
+        return rows[index][1] if 0 <= index < len(rows) else None
+
+    def give_feedback(self, conversation_id: int | None, index: int, verdict: str, edited: str | None = None):
+        """Approve / reject / edit the reply at `index` of the shown chat; returns the chat
+        re-rendered from the journal (so the state shown is the state stored) and a status."""
+        turn_id = self.turn_at(conversation_id, index)
+        if turn_id is None:
+            raise gr.Error("Only replies can be approved, edited or rejected.", print_exception=False)
+        try:
+            if verdict == "reject":
+                turn = self.service.reject(turn_id)
+            else:
+                turn = self.service.approve(turn_id, edit=edited)
+        except USER_ERRORS as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        note = {"approved": "approved: it will teach", "edited": "approved with your edit: it will teach",
+                "rejected": "rejected: it will not teach"}[turn.feedback]
+        return self.messages_for(int(conversation_id)), f"Turn {turn_id} {note} **{self._display(turn.persona)}**."
+
+    def on_like(self, conversation_id: int | None, index: int, liked) -> tuple[list[dict], str]:
+        return self.give_feedback(conversation_id, index, "reject" if liked is False or liked == "Dislike" else "approve")
+
+    def on_edit(self, conversation_id: int | None, index: int, value) -> tuple[list[dict], str]:
+        return self.give_feedback(conversation_id, index, "approve", edited=strip_label(message_text(value)))
 
     # -- callbacks ----------------------------------------------------------------------
     def respond(
         self, message: str, persona: str, conversation_id: int | None, history: list[dict] | None
     ) -> Iterator[tuple[list[dict], str, int | None, str]]:
         """Stream one turn: yields (chat messages, textbox value, conversation id, status)."""
-        import gradio as gr
-
         history = list(history or [])
         try:
             stream = self.service.stream_turn(message, persona=persona, conversation_id=conversation_id)
@@ -139,11 +203,84 @@ class ChatUI:
                 status += f"  \n⚠️ Answered without memory: {update.memory_error}"
             yield final, "", update.conversation_id, status
 
+    # -- tuning tab ---------------------------------------------------------------------
+    def tuning_overview(self, persona: str) -> str:
+        svc = self.service
+        counts = svc.journal.feedback_counts().get(persona, {"approved": 0, "edited": 0, "rejected": 0, "pending": 0})
+        sched = svc.scheduler
+        new, _ = svc.journal.approvals_since(persona, svc.journal.watermark(persona))
+        need = svc.settings.tuning.min_new_approvals
+        active = svc.adapters.active(persona)
+        lines = [
+            f"**{self._display(persona)}** · active adapter: **{active.tag if active else 'none (prompt-only)'}**",
+            f"Replies: {counts['approved']} approved · {counts['edited']} edited · {counts['rejected']} rejected · "
+            f"{counts['pending']} awaiting your verdict",
+            f"New approvals since the last run: **{new}** (a run starts at {need})",
+        ]
+        nxt = sched.next_run()
+        lines.append(f"Next scheduled check: {nxt:%Y-%m-%d %H:%M:%S}" if nxt else "Background job: not running")
+        progress = sched.progress()
+        if progress and progress.get("persona") == persona:
+            eta = f", ETA {progress['eta_s']:.0f} s" if progress.get("eta_s") is not None else ""
+            loss = f", loss {progress['loss']:.3f}" if progress.get("loss") is not None else ""
+            lines.append(f"⏳ **{progress.get('state')}**: step {progress.get('step', 0)}/{progress.get('max_steps')}{loss}{eta}")
+        elif progress:
+            lines.append(f"⏳ training {self._display(progress['persona'])}…")
+        last = next(iter(svc.journal.runs(persona, limit=1)), None)
+        if last and not progress:
+            lines.append(f"Last run: {last['status']} at {(last['finished_at'] or last['started_at'])[:19]}"
+                         + (f" — {last['error']}" if last.get("error") else ""))
+        return "  \n".join(lines)
+
+    def loss_curve(self, persona: str):
+        import pandas as pd
+
+        progress = self.service.scheduler.progress()
+        losses = progress.get("losses") if progress and progress.get("persona") == persona else None
+        if not losses:
+            versions = self.service.adapters.versions(persona)
+            losses = versions[-1].meta.get("losses", []) if versions else []
+        return pd.DataFrame(losses or [], columns=["step", "loss"])
+
+    def version_rows(self, persona: str) -> list[list]:
+        rows = []
+        for v in reversed(self.service.adapters.versions(persona)):
+            ev = v.meta.get("eval", {})
+            rows.append([f"v{v.version}", "●" if v.active else "", (v.meta.get("created_at") or "")[:19],
+                         ev.get("base_loss"), ev.get("current_loss"), ev.get("candidate_loss"),
+                         "yes" if v.meta.get("promoted") else "no", v.meta.get("gate", "")])
+        return rows
+
+    def samples_text(self, persona: str) -> str:
+        versions = self.service.adapters.versions(persona)
+        if not versions or not versions[-1].meta.get("samples"):
+            return ""
+        parts = [f"#### Sample generations of v{versions[-1].version} on held-out prompts"]
+        for sample in versions[-1].meta["samples"]:
+            parts.append(f"**Prompt:** {sample['prompt']}  \n**You wrote:** {sample['reference']}  \n"
+                         f"**v{versions[-1].version} says:** {sample['candidate']}")
+        return "\n\n".join(parts)
+
+    def retrain_now(self, persona: str) -> str:
+        sched = self.service.scheduler
+        if sched.progress() is not None or sched.current is not None:
+            return "A training run is already in progress."
+        threading.Thread(target=sched.run, args=(persona,), kwargs={"trigger": "manual"}, daemon=True).start()
+        return f"Retraining **{self._display(persona)}** started; progress appears above."
+
+    def cancel_run(self) -> str:
+        return "Cancelling the current run…" if self.service.scheduler.cancel() else "No training run is in progress."
+
+    def rollback(self, persona: str) -> str:
+        try:
+            version = self.service.adapters.rollback(persona)
+        except USER_ERRORS as exc:
+            return f"⚠️ {exc}"
+        return f"Rolled back: **{self._display(persona)}** uses v{version.version} again from the next turn."
+
     def import_files(self, files: list[str] | None, me_text: str, progress=None) -> tuple[str, dict]:
         """Import uploaded files. Only paths Gradio wrote for this upload are read; the
         source is named after the uploaded file's name, never a browser-supplied path."""
-        import gradio as gr
-
         paths = [Path(f) for f in (files or [])]
         if not paths:
             raise gr.Error("Choose one or more files to import first.", print_exception=False)
@@ -160,8 +297,6 @@ class ChatUI:
         return "```\n" + format_import_summary(summary) + "\n```", summary
 
     def search_memory(self, query: str) -> list[list]:
-        import gradio as gr
-
         try:
             hits = self.service.memory.search(query or "", k=10)
         except USER_ERRORS as exc:
@@ -172,8 +307,6 @@ class ChatUI:
         return [[name, row["kind"], row["scenes"]] for name, row in sorted(self.service.memory.sources().items())]
 
     def forget_source(self, source: str | None) -> str:
-        import gradio as gr
-
         if not source:
             raise gr.Error("Pick a source to forget.", print_exception=False)
         try:
@@ -195,8 +328,6 @@ class ChatUI:
 
 
 def build_app(service: ChatService):
-    import gradio as gr
-
     ui = ChatUI(service)
     with gr.Blocks(title="alterego") as app:
         gr.Markdown(INTRO)
@@ -207,12 +338,12 @@ def build_app(service: ChatService):
         with gr.Tab("Memory", id="memory-tab") as memory:
             refresh_memory = memory_tab(ui)
         memory.select(*refresh_memory, api_name=False)
+        with gr.Tab("Tuning", id="tuning-tab"):
+            tuning_tab(ui)
     return app
 
 
 def chat_tab(ui: ChatUI) -> None:
-    import gradio as gr
-
     conversation = gr.State(None)
     with gr.Row():
         with gr.Column(scale=1, min_width=240):
@@ -229,7 +360,7 @@ def chat_tab(ui: ChatUI) -> None:
             )
         with gr.Column(scale=4):
             chatbot = gr.Chatbot(
-                label="Chat", height=520, elem_id="chat", feedback_options=None,
+                label="Chat", height=520, elem_id="chat", feedback_options=("Like", "Dislike"), editable="all",
                 placeholder="Say something — your alter ego is listening.",
             )
             message = gr.Textbox(
@@ -237,6 +368,11 @@ def chat_tab(ui: ChatUI) -> None:
                 max_lines=8, submit_btn=True,
             )
             status = gr.Markdown("", elem_id="status")
+            gr.Markdown(
+                "👍 approve a reply that sounds right · 👎 reject one that doesn't · ✏️ edit a reply to say it "
+                "your way (the edit is approved). Approved replies teach the persona in the background — see Tuning.",
+                elem_id="feedback-help",
+            )
 
     def refresh_list(conv_id=None):
         return gr.update(choices=ui.conversation_choices(), value=conv_id)
@@ -250,10 +386,17 @@ def chat_tab(ui: ChatUI) -> None:
     )
     conversations.input(ui.open_conversation, [conversations], [chatbot, conversation, status], api_name=False)
 
+    def liked(conv, data: gr.LikeData):
+        return ui.on_like(conv, data.index, data.liked)
+
+    def edited(conv, data: gr.EditData):
+        return ui.on_edit(conv, data.index, data.value)
+
+    chatbot.like(liked, [conversation], [chatbot, status], api_name=False)
+    chatbot.edit(edited, [conversation], [chatbot, status], api_name=False)
+
 
 def import_tab(ui: ChatUI) -> None:
-    import gradio as gr
-
     gr.Markdown(
         "Import your own words: notes (.txt, .md, Obsidian chat notes), chat exports (ChatGPT "
         "`conversations.json`, Telegram `result.json`, WhatsApp `.txt`) and transcripts (.srt, .vtt). "
@@ -276,8 +419,6 @@ def import_tab(ui: ChatUI) -> None:
 
 def memory_tab(ui: ChatUI) -> tuple:
     """Search and forget; returns the (fn, inputs, outputs) that refresh the source list."""
-    import gradio as gr
-
     with gr.Row():
         query = gr.Textbox(label="Search your memory", scale=4, elem_id="memory-query")
         go = gr.Button("Search", scale=1)
@@ -298,6 +439,39 @@ def memory_tab(ui: ChatUI) -> tuple:
     return refresh, None, [sources, pick]
 
 
+def tuning_tab(ui: "ChatUI") -> None:
+    gr.Markdown(
+        "Each persona learns from the replies you approve. A background job retrains a persona when enough "
+        "new approvals have gathered, and promotes the new adapter only if it beats the current one on "
+        "held-out data. You can also retrain now, cancel a run, or roll back to the previous version."
+    )
+    with gr.Row():
+        persona = gr.Dropdown(choices=ui.persona_choices()[1:], value="me", label="Persona", scale=2,
+                              elem_id="tuning-persona")
+        retrain = gr.Button("Retrain now", variant="primary", scale=1, elem_id="retrain")
+        cancel = gr.Button("Cancel run", scale=1, elem_id="cancel-run")
+        rollback = gr.Button("Roll back", variant="stop", scale=1, elem_id="rollback")
+    overview = gr.Markdown(elem_id="tuning-overview")
+    curve = gr.LinePlot(x="step", y="loss", title="Training loss (current or last run)", height=220)
+    versions = gr.Dataframe(
+        headers=["version", "active", "created", "base loss", "previous loss", "candidate loss", "promoted", "gate"],
+        interactive=False, elem_id="versions",
+    )
+    samples = gr.Markdown(elem_id="samples")
+    outcome = gr.Markdown()
+
+    def refresh(name):
+        return ui.tuning_overview(name), ui.loss_curve(name), ui.version_rows(name), ui.samples_text(name)
+
+    outputs = [overview, curve, versions, samples]
+    timer = gr.Timer(2.0)
+    timer.tick(refresh, [persona], outputs, api_name=False, show_progress="hidden")
+    persona.change(refresh, [persona], outputs, api_name=False)
+    retrain.click(ui.retrain_now, [persona], [outcome], api_name=False)
+    cancel.click(ui.cancel_run, None, [outcome], api_name=False)
+    rollback.click(ui.rollback, [persona], [outcome], api_name=False).then(refresh, [persona], outputs, api_name=False)
+
+
 def launch(settings: Settings, *, block: bool = True):
     """Build the service and serve the UI on settings.server.host:port."""
     service = ChatService(settings)
@@ -305,9 +479,15 @@ def launch(settings: Settings, *, block: bool = True):
     # The embedder and router load in the background: Auto mode and learning from
     # persona overrides need them, the first plain turn doesn't.
     threading.Thread(target=service.warm_up, name="warm-up", daemon=True).start()
+    if settings.tuning.scheduler:
+        service.scheduler.start()
     app = build_app(service)
     app.queue(default_concurrency_limit=4)
     print(f"alterego: serving http://{settings.server.host}:{settings.server.port} (data in {settings.home})", flush=True)
+    untrained = [p.name for p in service.personas() if p.name not in service.engine.adapters]
+    if untrained:
+        print(f"alterego: prompt-only personas (no adapter yet): {', '.join(untrained)}. "
+              f"Train one with: .venv/bin/alterego train --persona {untrained[-1]}", flush=True)
     app.launch(
         server_name=settings.server.host,
         server_port=settings.server.port,

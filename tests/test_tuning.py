@@ -1,0 +1,169 @@
+"""The tuning pipeline on the real default model: dataset harvest, a few real training
+steps in the training subprocess, GGUF export, the evaluation gate (a better candidate is
+promoted and used by the next chat turn, a worse one refused), QLoRA on CPU, and runs
+that are cancelled or killed mid-way leaving the active adapter untouched."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, ROOT, tuning_config as config
+from memory.journal import Journal
+from tuning.dataset import harvest
+from tuning.evaluate import should_promote
+from tuning.pipeline import prepare_run, run_subprocess, train_persona
+
+def test_dataset_from_imported_chats_and_journal(service):
+    service.memory.import_paths([FIXTURES / "import" / "whatsapp_android.txt"], me=["Иван Петров"])
+    journal = service.journal
+    a = service.send("what did we plan for saturday?", persona="me")
+    b = service.send("and the weather?", persona="me", conversation_id=a.conversation_id)
+    c = service.send("bye", persona="me", conversation_id=a.conversation_id)
+    journal.set_feedback(a.turn_id, "approved")
+    journal.set_feedback(b.turn_id, "edited", "Sunny, +12, perfect for bikes.")
+    journal.set_feedback(c.turn_id, "rejected")
+    me = service.catalog.get("me")
+    out = service.settings.home / "ds"
+    summary = harvest(me, out, journal=journal, store=service.memory.store, heldout_fraction=0.2)
+    rows = [json.loads(l) for f in ("train.jsonl", "heldout.jsonl") for l in (out / f).read_text().splitlines()]
+    completions = [r["completion"][0]["content"] for r in rows]
+    # the user's own WhatsApp lines are targets, the other side's lines their prompts
+    assert any("давай в субботу поедем на залив" in c for c in completions)
+    assert all(r["prompt"][0] == {"role": "system", "content": me.system_prompt} for r in rows)
+    chat_row = next(r for r in rows if "давай в субботу" in r["completion"][0]["content"])
+    assert "Аня" not in chat_row["completion"][0]["content"] and chat_row["prompt"][-1]["content"]
+    # approved reply and edited text are targets; the rejected one is not
+    assert a.reply in completions and "Sunny, +12, perfect for bikes." in completions and c.reply not in completions
+    edited_row = next(r for r in rows if r["completion"][0]["content"].startswith("Sunny"))
+    context = [m["content"] for m in edited_row["prompt"][1:]]
+    assert context[-1] == "and the weather?"
+    assert context[:-1] in ([], ["what did we plan for saturday?", a.reply])  # earlier turn, if it fits the budget
+    prefs = [json.loads(l) for l in (out / "preferences.jsonl").read_text().splitlines()]
+    assert {(p["type"], p["turn_id"]) for p in prefs} == {("dpo", b.turn_id), ("kto", c.turn_id)}
+    # newest slice held out; sources recorded
+    assert summary.heldout >= 1 and summary.train + summary.heldout == len(rows)
+    assert any(s.startswith("memory:") for s in summary.sources) and "journal:approved" in summary.sources
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["pairs"] == len(rows)
+
+
+def test_dataset_dedupes_and_drops(tiny, tmp_path, home):
+    journal = Journal(home / "journal.sqlite3")
+    folder = tiny.folder
+    rows = (folder / "examples.jsonl").read_text().splitlines()
+    empty = json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}]})
+    huge = json.dumps({"messages": [{"role": "user", "content": "y"}, {"role": "assistant", "content": "word " * 2000}]})
+    (folder / "examples.jsonl").write_text("\n".join(rows + rows[:3] + [empty, huge]) + "\n")
+    summary = harvest(tiny, tmp_path / "ds", journal=journal)
+    assert summary.dropped == {"duplicate": 3, "empty": 1, "oversized": 1}
+    assert summary.train + summary.heldout == 20
+
+
+@pytest.mark.slow
+def test_train_promote_and_use(tiny, service, hf_base, engine):
+    library = service.adapters
+    base_files = {p.name: p.stat().st_mtime_ns for p in hf_base.iterdir()}
+    cfg = config(hf_base)
+    outcome = train_persona(service.settings.home, cfg, tiny, journal=service.journal, store=None,
+                            library=library, max_steps=6).as_dict()
+    ev = outcome["eval"]
+    assert outcome["promoted"] and outcome["version"] == 1, outcome["reason"]
+    assert ev["candidate_loss"] < ev["base_loss"] and ev["current_loss"] is None
+    assert outcome["train"]["steps"] == 6 and outcome["train"]["tokens_per_s"] > 0
+    # base weights untouched, adapter weights moved away from PEFT's zero-initialised B
+    assert {p.name: p.stat().st_mtime_ns for p in hf_base.iterdir()} == base_files
+    from safetensors.numpy import load_file
+
+    active = library.active("tiny")
+    weights = load_file(str(active.peft_dir / "adapter_model.safetensors"))
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and all(abs(v).sum() > 0 for v in lora_b)
+    assert not any("embed" in k or "lm_head" in k for k in weights)
+    meta = json.loads((active.folder / "meta.json").read_text())
+    assert meta["eval"]["candidate_loss"] == ev["candidate_loss"] and meta["samples"] and meta["losses"]
+    # the running app uses it on the next turn
+    turn = service.send("Tell me about kites.", persona="tiny")
+    assert turn.adapter == "tiny/v1"
+
+    # A worse candidate (learning rate 0: no better than the base) is refused.
+    worse = train_persona(service.settings.home, config(hf_base, learning_rate=0.0), tiny, journal=service.journal,
+                          store=None, library=library, max_steps=2).as_dict()
+    assert not worse["promoted"] and worse["version"] == 2
+    assert worse["eval"]["current_loss"] == pytest.approx(ev["candidate_loss"], abs=1e-3)
+    assert library.active("tiny").version == 1
+
+
+def test_gate_rules():
+    assert should_promote({"base_loss": 3.0, "current_loss": None, "candidate_loss": 2.5}, 0.01)[0]
+    assert not should_promote({"base_loss": 3.0, "current_loss": None, "candidate_loss": 3.1}, 0.01)[0]
+    assert not should_promote({"base_loss": 3.0, "current_loss": 2.5, "candidate_loss": 2.495}, 0.01)[0]
+    assert should_promote({"base_loss": 3.0, "current_loss": 2.5, "candidate_loss": 2.4}, 0.01)[0]
+    assert not should_promote({"base_loss": 3.0, "current_loss": 2.5, "candidate_loss": None}, 0.01)[0]
+
+
+def _wait_for_step(run_dir: Path, proc, timeout: float = 240) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            status = json.loads((run_dir / "status.json").read_text())
+        except (OSError, ValueError):
+            status = {}
+        if status.get("step", 0) >= 1:
+            return status
+        assert proc.poll() is None, (run_dir / "train.log").read_text()[-2000:]
+        time.sleep(0.5)
+    raise AssertionError("training never reached step 1")
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_the_active_adapter_untouched(tiny, service, hf_base):
+    library = service.adapters
+    from tuning.export import llama_dims, random_lora, write_gguf_lora
+
+    layers, dims = llama_dims(service.engine.llm.metadata)
+    v1 = library.add_version("tiny", write_gguf_lora(service.settings.home / "x.gguf", random_lora(layers, dims), alpha=16))
+    library.activate("tiny", v1.version)
+    before = sorted(p.name for p in library.persona_dir("tiny").iterdir())
+    run_dir, _ = prepare_run(service.settings.home, config(hf_base, max_steps=500), tiny, journal=service.journal,
+                             store=None, library=library, base_dir=hf_base)
+    log = open(run_dir / "train.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tuning.train", str(run_dir)], cwd=ROOT, stdout=log, stderr=log)
+    _wait_for_step(run_dir, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+    assert library.active("tiny").version == v1.version
+    assert sorted(p.name for p in library.persona_dir("tiny").iterdir()) == before
+    assert service.refresh_adapters()["tiny"] == "tiny/v1"
+
+
+@pytest.mark.slow
+def test_cancelled_run_promotes_nothing(tiny, service, hf_base):
+    run_dir, _ = prepare_run(service.settings.home, config(hf_base, max_steps=500), tiny, journal=service.journal,
+                             store=None, library=service.adapters, base_dir=hf_base)
+    seen = []
+
+    def progress(status):
+        seen.append(status)
+        if status.get("step", 0) >= 1:
+            (run_dir / "cancel").touch()
+
+    result = run_subprocess(run_dir, 2, progress, poll_s=0.2)
+    assert result["state"] == "cancelled" and seen[-1]["state"] == "cancelled"
+    assert seen[-1]["step"] < 500
+    assert service.adapters.active("tiny") is None
+
+
+@pytest.mark.slow
+def test_qlora_on_cpu_trains(tiny, service, hf_base):
+    outcome = train_persona(service.settings.home, config(hf_base, qlora="on", max_steps=2), tiny,
+                            journal=service.journal, store=None, library=service.adapters, max_steps=2).as_dict()
+    assert outcome["train"]["qlora"] is True and outcome["train"]["steps"] == 2
+    assert outcome["eval"]["candidate_loss"] is not None
+    assert Path(outcome["run_dir"], "adapter.gguf").is_file()
