@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_home, write_report  # noqa: E402
 
 MESSAGE = "Hi! Tell me in two sentences what you did this morning and how you felt about it."
 FOLLOW = "And what about the afternoon?"
@@ -51,8 +49,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
 
-    home = Path(os.environ.get("ALTEREGO_HOME") or tempfile.mkdtemp(prefix="alterego-bench-"))
-    os.environ["ALTEREGO_HOME"] = str(home)
+    home = bench_home()
     from personas.catalog import GenerationParams
     from webapp.chat import ChatService
     from webapp.settings import load_settings
@@ -99,15 +96,7 @@ def main() -> int:
         "ttft_ratio_second_vs_first": round(med(svc_second, "ttft_ms") / med(svc_first, "ttft_ms"), 3),
         "runs": args.runs,
     }
-    out = home / "bench" / "chat.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for key, value in report.items():
-            print(f"{key:36} {value}")
-        print(f"report: {out}")
+    write_report(home, "chat", report, args.json)
     return 0
 
 

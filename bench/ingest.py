@@ -17,8 +17,6 @@ Writes $ALTEREGO_HOME/bench/ingest.json (ALTEREGO_HOME defaults to a temp dir he
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import statistics
 import sys
@@ -26,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_home, write_report  # noqa: E402
 
 WORDS = (
     "sea morning coffee train letter mother city winter river book friend night window rain work "
@@ -59,8 +58,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=6000, help="messages in the generated chat export")
     args = parser.parse_args()
 
-    home = Path(os.environ.get("ALTEREGO_HOME") or tempfile.mkdtemp(prefix="alterego-bench-"))
-    os.environ["ALTEREGO_HOME"] = str(home)
+    home = bench_home()
     from memory.embedder import Embedder
     from memory.journal import Journal
     from memory.service import SceneMemory
@@ -131,15 +129,7 @@ def main() -> int:
         "import_pipeline_vs_raw_encode_ratio": round(t_raw / t_import, 3),
         "query_latency": latency,
     }
-    out = home / "bench" / "ingest.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for key, value in report.items():
-            print(f"{key:40} {value}")
-        print(f"report: {out}")
+    write_report(home, "ingest", report, args.json)
     return 0
 
 

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_home, write_report  # noqa: E402
 
 
 def median_ms(samples: list[float]) -> float:
@@ -40,8 +38,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=6)
     args = parser.parse_args()
 
-    home = Path(os.environ.get("ALTEREGO_HOME") or tempfile.mkdtemp(prefix="alterego-bench-"))
-    os.environ["ALTEREGO_HOME"] = str(home)
+    home = bench_home()
     from personas.catalog import GenerationParams
     from personas.engine import LlamaEngine
     from tuning.export import llama_dims, random_lora, write_gguf_lora
@@ -133,15 +130,7 @@ def main() -> int:
         "router_share_of_ttft": round(statistics.median(route_reuse_s) * 1000 / ttft_same, 4),
         "runs": args.runs,
     }
-    out = home / "bench" / "personas.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for key, value in report.items():
-            print(f"{key:36} {value}")
-        print(f"report: {out}")
+    write_report(home, "personas", report, args.json)
     return 0
 
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_home, write_report  # noqa: E402
 
 OPENERS = ["hey", "so", "honestly", "ok so", "listen", "ha", "well"]
 TOPICS = ["the dacha", "our trip to Kazan", "the new job", "my bike", "that film", "the concert", "grandma's soup",
@@ -97,8 +96,7 @@ def main() -> int:
     parser.add_argument("--full-steps", type=int, default=None, help="steps of the full run (default tuning.max_steps)")
     args = parser.parse_args()
 
-    home = Path(os.environ.get("ALTEREGO_HOME") or tempfile.mkdtemp(prefix="alterego-bench-"))
-    os.environ["ALTEREGO_HOME"] = str(home)
+    home = bench_home()
     from tuning.pipeline import hf_base_dir, prepare_run, run_subprocess, train_persona
     from webapp.chat import ChatService
     from webapp.settings import load_settings
@@ -143,15 +141,7 @@ def main() -> int:
         "full_run_promoted": outcome["promoted"],
         "qlora": outcome["train"]["qlora"],
     }
-    out = home / "bench" / "training.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for key, value in report.items():
-            print(f"{key:30} {value}")
-        print(f"report: {out}")
+    write_report(home, "training", report, args.json)
     return 0
 
 

@@ -69,12 +69,21 @@ class AdapterVersion:
         }
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file below `folder`, then the folder, before it is renamed into place."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(folder)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -84,7 +93,7 @@ def _write_atomic(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class AdapterLibrary:
@@ -154,13 +163,9 @@ class AdapterLibrary:
             shutil.copytree(peft_dir, tmp / "peft")
         meta = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(meta or {})}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_tree(tmp)
         os.rename(tmp, folder / f"v{version}")
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return AdapterVersion(persona, version, folder / f"v{version}", False, meta)
 
     def update_meta(self, persona: str, version: int, **fields) -> None:

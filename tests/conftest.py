@@ -98,7 +98,7 @@ def tuning_config(hf_base, **kw):
     from tuning.config import TuningConfig
 
     defaults = dict(hf_base=str(hf_base), max_steps=6, batch_size=4, learning_rate=2e-3, min_pairs=4,
-                    heldout_fraction=0.2, train_threads=2)
+                    heldout_fraction=0.2, train_threads=1)
     return TuningConfig(**{**defaults, **kw})
 
 

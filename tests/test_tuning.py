@@ -154,7 +154,7 @@ def test_cancelled_run_promotes_nothing(tiny, service, hf_base):
         if status.get("step", 0) >= 1:
             (run_dir / "cancel").touch()
 
-    result = run_subprocess(run_dir, 2, progress, poll_s=0.2)
+    result = run_subprocess(run_dir, 1, progress, poll_s=0.2)
     assert result["state"] == "cancelled" and seen[-1]["state"] == "cancelled"
     assert seen[-1]["step"] < 500
     assert service.adapters.active("tiny") is None
