@@ -392,16 +392,6 @@ class Journal:
             rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
         return [dict(r) for r in rows]
 
-    def interrupt_running_runs(self) -> int:
-        """Runs left 'running' by a process that died: recorded as interrupted (retried later)."""
-        with self.transaction() as db:
-            cur = db.execute(
-                "UPDATE training_runs SET status = 'interrupted', finished_at = ?, "
-                "error = COALESCE(error, 'the app stopped during the run') WHERE status = 'running'",
-                (now_iso(),),
-            )
-            return cur.rowcount
-
     # -- router overrides ---------------------------------------------------------------
     def record_override(self, message: str, persona: str, routed_to: str) -> None:
         with self.transaction() as db:

@@ -167,3 +167,17 @@ def test_qlora_on_cpu_trains(tiny, service, hf_base):
     assert outcome["train"]["qlora"] is True and outcome["train"]["steps"] == 2
     assert outcome["eval"]["candidate_loss"] is not None
     assert Path(outcome["run_dir"], "adapter.gguf").is_file()
+
+
+def test_dataset_cli(tmp_path):
+    from conftest import ALTEREGO, cli_env
+
+    proc = subprocess.run([*ALTEREGO, "dataset", "--persona", "poet", "--json"], cwd=ROOT, env=cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["pairs"] >= 280 and out["heldout"] == out["pairs"] - out["train"] > 0
+    assert out["sources"] == {"builtin:poet/examples.jsonl": out["pairs"]}
+    unknown = subprocess.run([*ALTEREGO, "train", "--persona", "pirate"], cwd=ROOT, env=cli_env(tmp_path),
+                             capture_output=True, text=True, timeout=180)
+    assert unknown.returncode == 2 and "Unknown persona 'pirate'" in unknown.stderr

@@ -16,6 +16,7 @@ are marked interrupted and their approvals are picked up again."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,7 +54,15 @@ class RetrainScheduler:
         self._scheduler = None
         self._lock = threading.Lock()  # one run at a time, also for "retrain now"
         self.current: dict | None = None  # {"persona", "run_id", "run_dir"} while a run is active
-        deps.journal.interrupt_running_runs()
+        self._recover()
+
+    def _recover(self) -> None:
+        """Runs still 'running' whose training process is gone were cut off by a restart:
+        mark them interrupted so their approvals are picked up again. A run whose process
+        is alive belongs to another alterego process (e.g. `alterego scheduler`) and is left."""
+        for run in self.deps.journal.runs(limit=100):
+            if run["status"] == "running" and not _process_alive(run["run_dir"]):
+                self.deps.journal.update_run(run["id"], status="interrupted", error="the app stopped during the run")
 
     # -- scheduling -----------------------------------------------------------------------
     def start(self, interval_s: float | None = None) -> None:
@@ -163,3 +172,12 @@ class RetrainScheduler:
             return None
         status = read_status(Path(current["run_dir"]))
         return {**(status or {}), "persona": current["persona"]}
+
+
+def _process_alive(run_dir: str) -> bool:
+    try:
+        pid = int((Path(run_dir) / "pid").read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True

@@ -124,6 +124,11 @@ class ChatService:
     def reject(self, turn_id: int) -> Turn:
         return self.journal.set_feedback(turn_id, "rejected")
 
+    def store_for(self, persona: str):
+        """The scene store a persona's training data comes from: only `me` learns from
+        the user's imported texts; role personas learn from their examples and approvals."""
+        return self.memory.store if persona == "me" else None
+
     @property
     def scheduler(self):
         """The background retraining job (created on first use; `start()` runs it)."""
@@ -132,7 +137,7 @@ class ChatService:
 
             self._scheduler = RetrainScheduler(Deps(
                 home=self.settings.home, config=self.settings.tuning, catalog=self.catalog, journal=self.journal,
-                library=self.adapters, store_for=lambda p: self.memory.store if p == "me" else None,
+                library=self.adapters, store_for=self.store_for,
                 model_path=self.settings.engine.model_path,
                 on_promoted=lambda p: self.refresh_adapters() if self._engine is not None else None,
             ))

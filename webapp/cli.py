@@ -161,7 +161,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
     service = _service()
     persona = service.catalog.get(args.persona)
-    store = service.memory.store if persona.name == "me" else None
+    store = service.store_for(persona.name)
     out = new_run_dir(service.settings.home, f"dataset-{persona.name}")
     summary = harvest(persona, out, journal=service.journal, store=store,
                       heldout_fraction=service.settings.tuning.heldout_fraction,
@@ -184,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     service = _service()
     persona = service.catalog.get(args.persona)
-    store = service.memory.store if persona.name == "me" else None
+    store = service.store_for(persona.name)
     tty = sys.stderr.isatty()
 
     def progress(status: dict) -> None:
