@@ -25,7 +25,7 @@ from .config import MemoryConfig
 from .documents import PROSE_KINDS
 from .embedder import Embedder
 from .errors import MemoryUserError, UnsupportedFormatError
-from .importers import SUPPORTED_FORMATS, detect_format, open_source
+from .importers import detect_format, open_source
 from .journal import Journal
 from .scenes import cut_scenes
 from .store import SceneStore
@@ -213,7 +213,3 @@ class Ingestor:
         vectors = self.embedder.encode([s.text for s in new])
         self.store.add([s.id for s in new], vectors, [s.text for s in new], [s.metadata(import_id) for s in new])
         report.scenes_added += len(new)
-
-
-def supported_formats_text() -> str:
-    return "; ".join(SUPPORTED_FORMATS.values())

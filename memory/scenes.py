@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .documents import CHAT_KINDS, PROSE_KINDS, TRANSCRIPT_KINDS, Utterance
+from .documents import PROSE_KINDS, TRANSCRIPT_KINDS, Utterance
 from .language import detect_language
 
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -190,7 +190,3 @@ def my_lines(text: str, me_speaker: str, source_kind: str) -> list[str]:
         return []
     prefix = f"{me_speaker}: "
     return [line[len(prefix):].strip() for line in text.splitlines() if line.startswith(prefix)]
-
-
-def is_chat_like(kind: str) -> bool:
-    return kind in CHAT_KINDS or kind in TRANSCRIPT_KINDS

@@ -3,8 +3,8 @@ persona's next version (GGUF LoRA + its PEFT adapter + meta.json with the data s
 training and evaluation figures), and the evaluation gate decides whether it becomes the
 active one. All writes go through `personas.adapters.AdapterLibrary`, whose version
 folders are written-then-renamed and whose active pointer flips by atomic rename — so a
-crash at any point leaves the previous active adapter in force. `rollback` re-activates
-the previous version; the running app picks either up on its next turn."""
+crash at any point leaves the previous active adapter in force. `AdapterLibrary.rollback`
+re-activates the previous version; the running app picks either up on its next turn."""
 
 from __future__ import annotations
 
@@ -40,7 +40,3 @@ def record_run(library: AdapterLibrary, persona: str, result: dict, data: dict, 
     if promoted:
         library.activate(persona, version.version)
     return Promotion(library.active(persona) if promoted else version, promoted, reason)  # type: ignore[arg-type]
-
-
-def rollback(library: AdapterLibrary, persona: str) -> AdapterVersion:
-    return library.rollback(persona)
