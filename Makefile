@@ -14,6 +14,9 @@ test: $(STAMP)
 
 install: $(STAMP)
 
+bench: $(STAMP)
+	$(VENV)/bin/alterego bench
+
 $(STAMP): pyproject.toml constraints.txt scripts/install.sh
 	VENV=$(VENV) bash scripts/install.sh
 	touch $@

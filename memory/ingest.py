@@ -5,8 +5,9 @@ scene chunker, and embed + insert scenes in batches (bounded memory for any file
 Atomicity: every scene added carries the id of its import run. If the file fails midway,
 the run's scenes are deleted and the file's previous scenes are untouched; if it
 succeeds, the file's scenes that no longer occur in it (a changed file) are deleted.
-An import killed outright (kill -9) is still `running` in the journal; the next
-`Ingestor` rolls it back before doing anything else.
+An import killed outright (kill -9) is still `running` in the journal; it is rolled back
+as soon as any process opens the scene store (`memory.recovery`), while an import still
+running in another process (it holds its lock) is left alone.
 
 Who "me" is: the `--me` names, plus names already known from earlier imports; if none of
 those speaks in a chat file (and the format does not mark the user itself), the most
@@ -27,6 +28,7 @@ from .embedder import Embedder
 from .errors import MemoryUserError, UnsupportedFormatError
 from .importers import detect_format, open_source
 from .journal import Journal
+from .recovery import ImportLock, rollback_dead_imports
 from .scenes import cut_scenes
 from .store import SceneStore
 
@@ -106,10 +108,7 @@ class Ingestor:
 
     def recover(self) -> None:
         """Roll back imports that were killed midway (their scenes are deleted)."""
-        for import_id in self.journal.running_imports():
-            removed = self.store.delete_where({"import_id": import_id})
-            self.journal.finish_import(import_id, "interrupted", error="interrupted; rolled back")
-            log.warning("rolled back interrupted import %s (%s scenes)", import_id, removed)
+        rollback_dead_imports(self.journal, self.store)
 
     def import_paths(
         self,
@@ -144,7 +143,15 @@ class Ingestor:
         report.kind = kind
         me_names = self._me_for(path, kind, explicit_me, report)
 
-        import_id = self.journal.begin_import(source, kind)
+        import_id, lock = self._begin(source, kind)
+        try:
+            self._fill(path, source, kind, me_names, import_id, report, tick)
+        finally:
+            lock.release()  # only once the row is final: until then a recovery must see it alive
+
+    def _fill(self, path: Path, source: str, kind: str, me_names: set[str], import_id: int, report: FileReport,
+              tick) -> None:
+        """Add the file's scenes under `import_id`; on any failure remove them again."""
         seen: set[str] = set()
         try:
             info, utterances = open_source(path, kind)
@@ -177,6 +184,15 @@ class Ingestor:
         report.scenes_removed = self.store.delete_ids(stale)
         self.journal.finish_import(import_id, "ok", scenes_added=report.scenes_added)
         report.repaired, report.damaged, report.warnings = info.repaired, info.damaged, list(info.warnings)
+
+    def _begin(self, source: str, kind: str) -> tuple[int, ImportLock]:
+        """Journal the import as running and take its lock (see memory.recovery)."""
+        while True:
+            import_id = self.journal.begin_import(source, kind)
+            lock = ImportLock(self.journal, import_id)
+            if lock.still_running:
+                return import_id, lock
+            lock.release()  # another process's recovery closed the row in between: start afresh
 
     def _me_for(self, path: Path, kind: str, explicit_me: set[str], report: FileReport) -> set[str]:
         known = explicit_me | self.journal.me_names()

@@ -284,6 +284,18 @@ class Journal:
                 ),
             )
 
+    def interrupt_pending_turns(self, error: str = "interrupted: the app stopped before the reply was finished") -> int:
+        """Mark turns still `pending` — their process died mid-reply (kill -9, power loss)
+        — as `error`, so no one waits for them and the UI shows them interrupted. A turn
+        another live process is still generating is finished by that process later
+        (finish_turn overwrites the status), so marking it here loses nothing."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE turns SET status = 'error', error = ?, completed_at = ? WHERE status = 'pending'",
+                (error, now_iso()),
+            )
+            return cur.rowcount
+
     def get_turn(self, turn_id: int) -> Turn | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM turns WHERE id = ?", (turn_id,)).fetchone()

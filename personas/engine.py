@@ -12,7 +12,10 @@ Persona adapters (GGUF LoRA) are loaded once each with `llama_adapter_lora_init`
 switched per generation with `llama_set_adapters_lora` — no model reload. The KV cache
 built under one adapter is wrong under another, so a switch resets the cached tokens and
 the next prompt is evaluated in full. A corrupt or mismatched adapter file is rejected
-at load (`adapter_errors` says why) and its persona answers prompt-only."""
+at load (`adapter_errors` says why) and its persona answers prompt-only.
+
+`create_engine` picks the engine the settings ask for: this one, or `remote.OpenAIEngine`
+for a model served by an external OpenAI-compatible server (`engine.backend = "openai"`)."""
 
 from __future__ import annotations
 
@@ -23,12 +26,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 from .adapters import AdapterError, AdapterLibrary, AdapterVersion
 from .catalog import GenerationParams
 from .config import EngineConfig
 from .errors import ModelNotFoundError
 from .models import fingerprint, resolve_chat_model
+
+if TYPE_CHECKING:
+    from .remote import OpenAIEngine
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +124,7 @@ class LlamaEngine:
                 model_path=str(self.model_path),
                 n_ctx=config.n_ctx,
                 n_batch=config.n_batch,
+                n_gpu_layers=config.n_gpu_layers,
                 n_threads=threads,
                 n_threads_batch=threads,
                 seed=config.seed,
@@ -249,3 +257,18 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+# What ChatService holds: either engine has the same chat surface.
+Engine = Union["LlamaEngine", "OpenAIEngine"]
+
+
+def create_engine(config: EngineConfig) -> Engine:
+    """The engine `config.backend` names: llama-cpp-python in this process, or a client of
+    an OpenAI-compatible server. Bad settings raise `EngineConfigError`."""
+    config.validate()
+    if config.backend.strip().lower() == "openai":
+        from .remote import OpenAIEngine  # httpx client; only when it is asked for
+
+        return OpenAIEngine(config)
+    return LlamaEngine(config)

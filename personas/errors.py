@@ -1,5 +1,6 @@
 """Typed errors a user can cause in the personas package: an unknown persona name, a
-model file that is missing or not a GGUF, a broken persona definition. The messages are
+model file that is missing or not a GGUF, a broken persona definition, an engine
+setting that cannot work, an inference server that cannot be reached. The messages are
 shown as they are in the UI and CLI."""
 
 from __future__ import annotations
@@ -21,3 +22,11 @@ class PersonaDefinitionError(PersonaUserError):
 
 class ModelNotFoundError(PersonaUserError):
     """The configured base model file does not exist or cannot be loaded."""
+
+
+class EngineConfigError(PersonaUserError):
+    """The engine settings cannot work (an unknown backend, a server backend without a URL)."""
+
+
+class EngineUnavailableError(PersonaUserError):
+    """The external inference server is unreachable, timed out or answered with an error."""

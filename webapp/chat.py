@@ -20,11 +20,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from memory.errors import StoreUnavailableError
 from memory.journal import Journal, Turn
 from memory.service import Retrieval, SceneMemory
 from personas.adapters import AdapterLibrary
 from personas.catalog import Persona, PersonaCatalog
-from personas.engine import LlamaEngine
+from personas.engine import Engine, create_engine
 from personas.models import fingerprint, resolve_chat_model
 from personas.router import AUTO, PromptRouter, RouteDecision
 
@@ -68,7 +69,7 @@ class ChatService:
         self,
         settings: Settings,
         *,
-        engine: LlamaEngine | None = None,
+        engine: Engine | None = None,
         journal: Journal | None = None,
         catalog: PersonaCatalog | None = None,
         memory: SceneMemory | None = None,
@@ -77,17 +78,21 @@ class ChatService:
         settings.home.mkdir(parents=True, exist_ok=True)
         self.catalog = catalog or PersonaCatalog.load(settings.home / "personas")
         self.journal = journal or Journal(settings.journal_path)
+        # Turns left pending were cut off mid-reply by a crash: say so instead of leaving
+        # them pending forever (the user's message itself is kept).
+        self.journal.interrupt_pending_turns()
         self.memory = memory or SceneMemory(settings.memory, settings.home, self.journal)
         self._engine = engine
         self._router: PromptRouter | None = None
         self._library: AdapterLibrary | None = None
         self._scheduler = None
+        self._engine_error: str | None = None
 
     @property
-    def engine(self) -> LlamaEngine:
+    def engine(self) -> Engine:
         # Loaded on first use, so listing personas or conversations never waits for it.
         if self._engine is None:
-            self._engine = LlamaEngine(self.settings.engine)
+            self._engine = create_engine(self.settings.engine)
             self._engine.sync_adapters(self.adapters)
         return self._engine
 
@@ -143,10 +148,45 @@ class ChatService:
             ))
         return self._scheduler
 
+    def warm_up_model(self) -> None:
+        """Load the model now, recording a failure for /health instead of raising it
+        later on the first visitor's turn."""
+        try:
+            self.engine
+        except Exception as exc:
+            self._engine_error = str(exc)
+            raise
+
     def warm_up(self) -> None:
-        """Load the model, the embedder and the router's exemplars (UI start-up)."""
+        """Load the model, the scene store, the embedder and the router's exemplars (UI
+        start-up), so the first visitor's turn does not pay for them (opening ChromaDB
+        alone is ~2 s)."""
         self.engine
+        try:
+            self.memory.store
+        except StoreUnavailableError as exc:  # a Chroma server that is down: turns say so
+            log.warning("scene store not available at start: %s", exc)
         self.router.bank()
+
+    def health(self) -> dict:
+        """What /health reports: status "ok" (can chat with memory), "degraded" (can chat,
+        memory unreachable) or "down" (no model); the model, the store and the
+        retraining job. Cheap: it loads nothing and waits at most a few seconds."""
+        engine = self._engine
+        model = {"loaded": engine is not None, "backend": type(engine).__name__ if engine else None,
+                 "name": engine.model_path.name if engine is not None and hasattr(engine, "model_path") else None,
+                 "adapters": sorted(engine.adapters) if engine is not None else [],
+                 "error": self._engine_error}
+        store = self.memory.health()
+        sched = self._scheduler
+        scheduler = {
+            "enabled": self.settings.tuning.scheduler,
+            "running": bool(sched and sched.running),
+            "next_check": sched.next_run().isoformat() if sched and sched.next_run() else None,
+            "active_run": (sched.current or {}).get("persona") if sched else None,
+        }
+        status = "down" if engine is None else "ok" if store["reachable"] else "degraded"
+        return {"status": status, "model": model, "store": store, "scheduler": scheduler}
 
     def route(self, message: str, conversation_id: int | None = None, embedding=None) -> RouteDecision:
         """Auto mode's choice for a message, staying with the conversation's persona when unsure."""
@@ -195,9 +235,9 @@ class ChatService:
         chosen = None if auto else self.catalog.get(persona)
         engine = self.engine  # a missing model fails here, before the turn is written
         engine.sync_adapters(self.adapters)  # a newly promoted adapter is used from this turn on
-        if conversation_id is None or self.journal.get_conversation(conversation_id) is None:
-            conversation_id = self.journal.create_conversation()
-        prior = [t for t in self.journal.turns(conversation_id) if t.status == "ok"]
+        if conversation_id is not None and self.journal.get_conversation(conversation_id) is None:
+            conversation_id = None  # gone (or never was): this message starts a new one
+        prior = [t for t in self.journal.turns(conversation_id) if t.status == "ok"] if conversation_id else []
         t_retrieve = time.perf_counter()
         retrieval = self.memory.retrieve(text, recent=[t.user_text for t in prior[-1:]])
         t_route = time.perf_counter()
@@ -205,6 +245,11 @@ class ChatService:
         t_routed = time.perf_counter()
         if chosen is None:
             chosen = self.catalog.get(decision.persona)
+        # A message too long for the context window is refused here, before anything
+        # (not even an empty conversation) is written.
+        messages = self.build_prompt(chosen, prior, text, retrieval)
+        if conversation_id is None:
+            conversation_id = self.journal.create_conversation()
         turn_id = self.journal.start_turn(conversation_id, text, chosen.name, decision.reason if auto else "")
         route = decision if auto else None
 
@@ -212,7 +257,6 @@ class ChatService:
         first_piece = None
         sources = [h.as_dict() for h in retrieval.hits]
         try:
-            messages = self.build_prompt(chosen, prior, text, retrieval)
             generation = engine.stream_chat(messages, chosen.generation, adapter=chosen.name)
             for piece in generation:
                 first_piece = first_piece or time.perf_counter()
@@ -242,7 +286,7 @@ class ChatService:
                          sources=sources, memory_error=retrieval.error, route=route,
                          adapter=timings.get("adapter", ""))
 
-    def _decide(self, text: str, chosen: Persona | None, conversation_id: int, retrieval: Retrieval) -> RouteDecision:
+    def _decide(self, text: str, chosen: Persona | None, conversation_id: int | None, retrieval: Retrieval) -> RouteDecision:
         """Route in Auto mode. With a persona chosen by hand, still ask the router (when it
         is loaded — the UI warms it up; a one-shot CLI turn doesn't pay for it): where it
         would have picked another, the choice is an override it learns from."""

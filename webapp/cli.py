@@ -26,15 +26,39 @@ def _service(settings=None):
     return ChatService(settings or _settings())
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Ask the running app's /health (Docker's HEALTHCHECK runs this): exit 0 when it can
+    chat, 1 when it is down, unreachable or still starting."""
+    import urllib.error
+    import urllib.request
+
+    from .server import is_loopback
+
+    settings = _settings()
+    host = settings.server.host
+    host = "127.0.0.1" if is_loopback(host) or host in ("0.0.0.0", "::", "") else host
+    url = f"http://{host}:{args.port or settings.server.port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+            code, body = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        code, body = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"alterego: health: no answer from {url} ({exc})", file=sys.stderr)
+        return 1
+    print(body.decode("utf-8", "replace"))
+    return 0 if code == 200 else 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .ui import launch
+    from .server import serve
 
     settings = _settings()
     if args.host:
         settings.server.host = args.host
     if args.port:
         settings.server.port = args.port
-    launch(settings)
+    serve(settings)
     return 0
 
 
@@ -287,6 +311,12 @@ def cmd_personas(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.runner import main_with
+
+    return main_with(_settings().home, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alterego",
@@ -300,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default from settings: 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default from settings: 7860)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("health", help="check a running app's /health (exit 0 = can chat)")
+    p.add_argument("--port", type=int, help="port (default from settings: 7860)")
+    p.add_argument("--timeout", type=float, default=8.0, help="seconds to wait (default 8)")
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("chat", help="send one message and print the reply")
     p.add_argument("message", nargs="+", help="the message")
@@ -369,6 +404,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, help="seconds between checks (default: tuning.schedule_minutes)")
     p.add_argument("--once", action="store_true", help="check once, train what is due, print what happened")
     p.set_defaults(func=cmd_scheduler)
+
+    p = sub.add_parser("bench", help="measure chat, memory and training speed next to baselines; "
+                       "writes $ALTEREGO_HOME/bench/report.json and report.png")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    p.add_argument("--quick", action="store_true", help="small sizes and one run each (a smoke test of a few minutes)")
+    p.add_argument("--only", metavar="SUITES",
+                   help="comma-separated suites: chat, personas, ingest, retrieval, training, responsiveness")
+    p.add_argument("--responsiveness", action="store_true",
+                   help="also measure chat latency while a training run is in progress (takes minutes)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("personas", help="list the personas")
     p.add_argument("--json", action="store_true")

@@ -5,7 +5,7 @@ message; anything else is a bug and keeps its traceback in the log."""
 from __future__ import annotations
 
 from memory.errors import MemoryUserError
-from personas.errors import PersonaUserError
+from personas.errors import EngineUnavailableError, PersonaUserError
 from tuning.errors import TuningUserError
 
 
@@ -21,4 +21,8 @@ class ChatInputError(AppUserError):
     """The chat message is empty or too long."""
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (AppUserError, MemoryUserError, PersonaUserError, TuningUserError)
+# EngineUnavailableError (an inference server that is down or failing) is a
+# PersonaUserError already; it is named so that no refactoring of that base drops it.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    AppUserError, MemoryUserError, PersonaUserError, TuningUserError, EngineUnavailableError,
+)

@@ -32,10 +32,21 @@ RESERVED_ENV = {"ALTEREGO_HOME"}
 
 @dataclass
 class ServerConfig:
+    # Loopback by default: the app holds a person's private words. Any other address needs
+    # `auth` (or `auth_file`), or the explicit `allow_unauthenticated` override.
     host: str = "127.0.0.1"
     port: int = 7860
     # Max conversations listed in the sidebar.
     conversation_list: int = 50
+    # Login for the web UI: "user:password" pairs, comma-separated (a password may hold
+    # ':' but not ','), or a file with one "user:password" per line (e.g. a Docker secret).
+    auth: str = ""
+    auth_file: str = ""
+    # Serve a non-loopback address without a login anyway (e.g. inside a container whose
+    # port is published on 127.0.0.1 only). Prints a warning at start.
+    allow_unauthenticated: bool = False
+    # Largest upload accepted by the Import tab, in MB (Gradio refuses bigger files).
+    max_upload_mb: int = 2048
 
 
 @dataclass
@@ -162,4 +173,5 @@ def load_settings(env: typing.Mapping[str, str] | None = None, home: Path | None
         if section not in SECTIONS or not key:
             raise SettingsError(f"unknown environment variable {name}. Valid: {', '.join(valid_env_names())}")
         _apply(section, getattr(settings, section), key, value, f"environment variable {name}", from_env=True)
+    settings.engine.validate()  # a backend typo fails at start, not on the first turn
     return settings

@@ -19,7 +19,6 @@ from personas.router import AUTO
 
 from .chat import ChatService, TurnUpdate
 from .errors import USER_ERRORS
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,12 @@ class ChatUI:
     def on_like(self, conversation_id: int | None, index: int, liked) -> tuple[list[dict], str]:
         return self.give_feedback(conversation_id, index, "reject" if liked is False or liked == "Dislike" else "approve")
 
-    def on_edit(self, conversation_id: int | None, index: int, value) -> tuple[list[dict], str]:
+    def on_edit(self, conversation_id: int | None, index: int, value, previous=None):
+        # Gradio shows a reply and its sources as one bubble and submits an edit event
+        # for every message in it, changed or not: an unchanged one is no edit at all
+        # (without this, every edit of a reply also raised "Only replies can be…").
+        if previous is not None and message_text(value).strip() == message_text(previous).strip():
+            return gr.skip(), gr.skip()
         return self.give_feedback(conversation_id, index, "approve", edited=strip_label(message_text(value)))
 
     # -- callbacks ----------------------------------------------------------------------
@@ -284,6 +288,14 @@ class ChatUI:
         paths = [Path(f) for f in (files or [])]
         if not paths:
             raise gr.Error("Choose one or more files to import first.", print_exception=False)
+        # Gradio hands over each upload as an absolute path to a plain file it wrote.
+        # Anything else (a symlink, a folder, `..` segments, a path that isn't there) did
+        # not come from an upload: refuse it rather than follow it out of the upload
+        # folder (a folder would even be walked).
+        odd = [p.name or str(p) for p in paths
+               if not p.is_absolute() or ".." in p.parts or p.is_symlink() or not p.is_file()]
+        if odd:
+            raise gr.Error(f"Only uploaded files can be imported; refused: {', '.join(odd)}.", print_exception=False)
         names = {p: f"upload:{p.name}" for p in paths}
         me = [m.strip() for m in (me_text or "").split(",") if m.strip()]
 
@@ -304,7 +316,11 @@ class ChatUI:
         return [[round(h.score, 3), Path(h.source).name, h.speaker, " ".join(h.text.split())[:300]] for h in hits]
 
     def source_rows(self) -> list[list]:
-        return [[name, row["kind"], row["scenes"]] for name, row in sorted(self.service.memory.sources().items())]
+        try:
+            sources = self.service.memory.sources()
+        except USER_ERRORS as exc:  # e.g. the Chroma server is down
+            raise gr.Error(str(exc), print_exception=False) from None
+        return [[name, row["kind"], row["scenes"]] for name, row in sorted(sources.items())]
 
     def forget_source(self, source: str | None) -> str:
         if not source:
@@ -332,7 +348,11 @@ def build_app(service: ChatService):
     with gr.Blocks(title="alterego") as app:
         gr.Markdown(INTRO)
         with gr.Tab("Chat", id="chat-tab"):
-            chat_tab(ui)
+            refresh_conversations = chat_tab(ui)
+        # Each page load lists the conversations as they are now: the dropdown's choices
+        # are otherwise frozen at build time, so after a reload none started since the
+        # server came up could be reopened.
+        app.load(*refresh_conversations, api_name=False, show_progress="hidden")
         with gr.Tab("Import", id="import-tab"):
             import_tab(ui)
         with gr.Tab("Memory", id="memory-tab") as memory:
@@ -343,7 +363,8 @@ def build_app(service: ChatService):
     return app
 
 
-def chat_tab(ui: ChatUI) -> None:
+def chat_tab(ui: ChatUI) -> tuple:
+    """The chat column; returns the (fn, inputs, outputs) that refresh the conversation list."""
     conversation = gr.State(None)
     with gr.Row():
         with gr.Column(scale=1, min_width=240):
@@ -362,6 +383,8 @@ def chat_tab(ui: ChatUI) -> None:
             chatbot = gr.Chatbot(
                 label="Chat", height=520, elem_id="chat", feedback_options=("Like", "Dislike"), editable="all",
                 placeholder="Say something — your alter ego is listening.",
+                # Not Gradio's default "share" button: it posts the chat to Hugging Face.
+                buttons=["copy", "copy_all"],
             )
             message = gr.Textbox(
                 placeholder="Type a message and press Enter", show_label=False, elem_id="message",
@@ -390,10 +413,11 @@ def chat_tab(ui: ChatUI) -> None:
         return ui.on_like(conv, data.index, data.liked)
 
     def edited(conv, data: gr.EditData):
-        return ui.on_edit(conv, data.index, data.value)
+        return ui.on_edit(conv, data.index, data.value, data.previous_value)
 
     chatbot.like(liked, [conversation], [chatbot, status], api_name=False)
     chatbot.edit(edited, [conversation], [chatbot, status], api_name=False)
+    return refresh_list, None, [conversations]
 
 
 def import_tab(ui: ChatUI) -> None:
@@ -470,30 +494,3 @@ def tuning_tab(ui: "ChatUI") -> None:
     retrain.click(ui.retrain_now, [persona], [outcome], api_name=False)
     cancel.click(ui.cancel_run, None, [outcome], api_name=False)
     rollback.click(ui.rollback, [persona], [outcome], api_name=False).then(refresh, [persona], outputs, api_name=False)
-
-
-def launch(settings: Settings, *, block: bool = True):
-    """Build the service and serve the UI on settings.server.host:port."""
-    service = ChatService(settings)
-    service.engine  # load the model before the first visitor waits for it
-    # The embedder and router load in the background: Auto mode and learning from
-    # persona overrides need them, the first plain turn doesn't.
-    threading.Thread(target=service.warm_up, name="warm-up", daemon=True).start()
-    if settings.tuning.scheduler:
-        service.scheduler.start()
-    app = build_app(service)
-    app.queue(default_concurrency_limit=4)
-    print(f"alterego: serving http://{settings.server.host}:{settings.server.port} (data in {settings.home})", flush=True)
-    untrained = [p.name for p in service.personas() if p.name not in service.engine.adapters]
-    if untrained:
-        print(f"alterego: prompt-only personas (no adapter yet): {', '.join(untrained)}. "
-              f"Train one with: .venv/bin/alterego train --persona {untrained[-1]}", flush=True)
-    app.launch(
-        server_name=settings.server.host,
-        server_port=settings.server.port,
-        prevent_thread_lock=not block,
-        show_error=True,
-        footer_links=[],
-        quiet=True,
-    )
-    return app
