@@ -1,31 +1,25 @@
-"""Ingest and retrieval benchmark for scene memory, on the embedded defaults.
+"""Ingest benchmark for scene memory, on the embedded defaults.
 
 Measures, in one run and next to its baseline:
-  - raw sentence-transformers `encode` speed on scene texts (the baseline),
-  - our `Embedder.encode` speed on the same texts (ratio to raw),
-  - the whole import pipeline on a generated WhatsApp export (parse, cut, embed,
-    insert) in scenes/s, and the Chroma insert alone in scenes/s,
-  - query latency (embed one query + Chroma search) at 10k and 100k scenes.
-The 10k/100k collections are filled with real embeddings of generated scenes plus small
-noise (embedding 100k scenes would take ~10 minutes and measures nothing new: search cost
-depends on the collection size, not on where the vectors came from).
+  - the whole import pipeline on a generated WhatsApp export (parse, cut into scenes,
+    embed, insert into Chroma) in scenes/s, vs raw sentence-transformers `encode` on the
+    same scene texts (the embedding alone, the part no pipeline can skip);
+  - our `Embedder.encode` on the same texts vs raw sentence-transformers (its overhead);
+  - the Chroma insert alone, in scenes/s (a detail).
+The embedded scenes are left in the run's workspace as the corpus of the retrieval suite.
 
-Usage: .venv/bin/python bench/ingest.py [--json] [--scenes N]
+Usage: .venv/bin/python -m bench.ingest [--json] [--quick]
 Writes $ALTEREGO_HOME/bench/ingest.json (ALTEREGO_HOME defaults to a temp dir here).
 """
 
 from __future__ import annotations
 
-import argparse
 import random
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_home, write_report  # noqa: E402
+from bench.common import Progress, Workspace, figure, no_progress, run_suite, suite_main
 
 WORDS = (
     "sea morning coffee train letter mother city winter river book friend night window rain work "
@@ -34,6 +28,8 @@ WORDS = (
 
 
 def fake_whatsapp(path: Path, messages: int, seed: int = 1) -> None:
+    """A two-person WhatsApp export (Android format) of random short messages; gaps of up
+    to two hours make the importer cut it into many scenes."""
     rnd = random.Random(seed)
     names = ["Ivan", "Anna"]
     t = 1_600_000_000
@@ -52,85 +48,78 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--messages", type=int, default=6000, help="messages in the generated chat export")
-    args = parser.parse_args()
-
-    home = bench_home()
-    from memory.embedder import Embedder
+def import_export(ws: Workspace, suite: str, messages: int) -> tuple[list[str], float]:
+    """Generate an export and import it through SceneMemory into a scratch root; returns
+    the scene texts and the import's wall time."""
     from memory.journal import Journal
     from memory.service import SceneMemory
+
+    settings = ws.settings(suite)
+    export = settings.home / "chat.txt"
+    fake_whatsapp(export, messages)
+    memory = SceneMemory(settings.memory, settings.home, Journal(settings.journal_path), embedder=ws.embedder)
+    memory.store  # opening Chroma is not part of an import's cost
+    summary, seconds = timed(lambda: memory.import_paths([export], me=["Ivan"]).as_dict())
+    got = memory.store.collection.get(include=["documents"], limit=summary["scenes_added"])
+    memory.journal.close()
+    return got["documents"], seconds
+
+
+def corpus(ws: Workspace, quick: bool):
+    """Embedded scene texts for the retrieval suite: this run's ingest corpus if the
+    ingest suite ran, otherwise a small one made now."""
+    if "corpus" not in ws.cache:
+        ws.progress("corpus: importing a generated chat export")
+        texts, _ = import_export(ws, "corpus", 600 if quick else 2000)
+        ws.cache["corpus"] = (texts, ws.embedder.encode(texts))
+    return ws.cache["corpus"]
+
+
+def _run(ws: Workspace, quick: bool) -> dict:
     from memory.store import SceneStore
-    from webapp.settings import load_settings
 
-    settings = load_settings()
-    work = Path(tempfile.mkdtemp(prefix="ingest-", dir=home))
-    export = work / "chat.txt"
-    fake_whatsapp(export, args.messages)
+    messages = 600 if quick else 6000
+    embedder = ws.embedder
+    ws.progress(f"ingest: importing a generated WhatsApp export of {messages} messages")
+    texts, t_import = import_export(ws, "ingest", messages)
+    n = len(texts)
 
-    embedder = Embedder()
-    embedder.encode(["warm up"])
-    memory = SceneMemory(settings.memory, home, Journal(work / "journal.sqlite3"), embedder=embedder)
-    memory._store = SceneStore(work / "chroma")
-
-    # Whole pipeline: parse + cut + embed + insert.
-    summary, t_import = timed(lambda: memory.import_paths([export], me=["Ivan"]).as_dict())
-    n_scenes = summary["scenes_added"]
-    got = memory.store.collection.get(include=["documents"], limit=n_scenes)
-    texts = got["documents"]
-
-    # Baseline: raw sentence-transformers on the same texts, then our wrapper.
+    ws.progress(f"ingest: raw sentence-transformers vs Embedder on {n} scenes")
     model = embedder.model
-    _, t_raw = timed(lambda: model.encode(texts, batch_size=64, normalize_embeddings=True))
+    _, t_raw = timed(lambda: model.encode(texts, batch_size=embedder.batch_size, normalize_embeddings=True))
     vecs, t_ours = timed(lambda: embedder.encode(texts))
 
-    # Chroma insert alone.
-    store = SceneStore(work / "chroma-insert")
-    metas = [{"source": "bench", "i": i} for i in range(len(texts))]
-    _, t_insert = timed(lambda: store.add([f"id{i}" for i in range(len(texts))], vecs, texts, metas))
+    store = SceneStore(ws.settings("ingest-insert").home / "chroma")
+    metas = [{"source": "bench", "i": i} for i in range(n)]
+    _, t_insert = timed(lambda: store.add([f"id{i}" for i in range(n)], vecs, texts, metas))
+    ws.cache["corpus"] = (texts, vecs)
 
-    # Query latency at 10k and 100k scenes.
-    rng = __import__("numpy").random.default_rng(0)
-    np = __import__("numpy")
-    queries = ["when did we talk about the sea", "coffee in the morning", "plans for the winter", "a letter to mother"]
-    latency = {}
-    big = SceneStore(work / "chroma-big")
-    filled = 0
-    for target in (10_000, 100_000):
-        while filled < target:
-            n = min(4096, target - filled)
-            base = vecs[rng.integers(0, len(vecs), n)]
-            noisy = base + rng.normal(0, 0.05, base.shape).astype(np.float32)
-            noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
-            big.add([f"s{filled + i}" for i in range(n)], noisy, [texts[0]] * n, [{"source": "bench"}] * n)
-            filled += n
-        embed_ms, search_ms = [], []
-        for _ in range(5):
-            for q in queries:
-                qv, t_e = timed(lambda: embedder.encode_one(q))
-                _, t_s = timed(lambda: big.query(qv, 8))
-                embed_ms.append(t_e * 1000)
-                search_ms.append(t_s * 1000)
-        latency[str(target)] = {
-            "embed_ms_median": round(statistics.median(embed_ms), 2),
-            "search_ms_median": round(statistics.median(search_ms), 2),
-            "total_ms_median": round(statistics.median([a + b for a, b in zip(embed_ms, search_ms)]), 2),
-        }
-
-    report = {
-        "scenes": n_scenes,
-        "raw_sentence_transformers_scenes_per_s": round(n_scenes / t_raw, 1),
-        "embedder_scenes_per_s": round(n_scenes / t_ours, 1),
-        "embedder_vs_raw_ratio": round(t_raw / t_ours, 3),
-        "chroma_insert_scenes_per_s": round(n_scenes / t_insert, 1),
-        "import_pipeline_scenes_per_s": round(n_scenes / t_import, 1),
-        "import_pipeline_vs_raw_encode_ratio": round(t_raw / t_import, 3),
-        "query_latency": latency,
+    figures = {
+        "ingest_scenes_per_s": figure(
+            "ingest: import pipeline scenes/s", n / t_import, "scenes/s",
+            "raw sentence-transformers encode of the same scenes (embedding alone)", n / t_raw,
+            better="higher", label="import pipeline", baseline_label="raw encode"),
+        "embedder_scenes_per_s": figure(
+            "ingest: Embedder.encode scenes/s", n / t_ours, "scenes/s",
+            "raw sentence-transformers encode of the same scenes", n / t_raw,
+            better="higher", label="Embedder", baseline_label="raw encode"),
     }
-    write_report(home, "ingest", report, args.json)
-    return 0
+    details = {
+        "messages": messages,
+        "scenes": n,
+        "import_s": round(t_import, 2),
+        "chroma_insert_scenes_per_s": round(n / t_insert, 1),
+        "embed_batch_size": embedder.batch_size,
+    }
+    return {"figures": figures, "details": details}
+
+
+def run(home: Path, quick: bool = False, progress: Progress = no_progress, workspace: Workspace | None = None) -> dict:
+    return run_suite(_run, home, quick, progress, workspace)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return suite_main("ingest", run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -2,89 +2,80 @@
 
 Measures, in one run:
   - a chat turn that switches persona (and adapter) vs a turn that stays with the same
-    persona (time to first token through ChatService);
+    persona (time to first token through ChatService, same conversation);
   - switching adapters in the running engine (`llama_set_adapters_lora` + cache reset)
     vs reloading the model from disk;
   - decode tokens/s with an adapter vs the bare base;
-  - router overhead per message: scoring with the retrieval embedding reused, and with
-    its own embedding, next to the time to first token of a turn.
+  - router cost per message (scoring with the retrieval embedding reused) next to the
+    time to first token of a turn.
 Adapters are random GGUF LoRAs of rank 16 on q/k/v/o (written with `tuning.export`), the
 shape trained adapters have: their cost does not depend on what they learned.
 
-Usage: .venv/bin/python bench/personas.py [--json] [--runs N]
+Usage: .venv/bin/python -m bench.personas [--json] [--quick]
 Writes $ALTEREGO_HOME/bench/personas.json.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import statistics
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_home, write_report  # noqa: E402
+from bench.common import Progress, Workspace, figure, median, no_progress, run_suite, suite_main
+
+ROUTED = ["Write me a poem about the sea", "Is this syllogism valid?", "what did I do on Sunday?",
+          "What is a good life?", "ok", "Prove that there are infinitely many primes"]
 
 
-def median_ms(samples: list[float]) -> float:
-    return round(statistics.median(samples) * 1000, 3)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--runs", type=int, default=6)
-    args = parser.parse_args()
-
-    home = bench_home()
+def _run(ws: Workspace, quick: bool) -> dict:
     from personas.catalog import GenerationParams
     from personas.engine import LlamaEngine
     from tuning.export import llama_dims, random_lora, write_gguf_lora
-    from webapp.chat import ChatService
-    from webapp.settings import load_settings
 
-    settings = load_settings()
-    service = ChatService(settings)
+    runs = 1 if quick else 6
+    service = ws.service("personas", max_tokens=16 if quick else 32)
     engine = service.engine
+    home = service.settings.home
     layers, dims = llama_dims(engine.llm.metadata)
     for seed, persona in enumerate(["poet", "logician"]):
         gguf = write_gguf_lora(home / f"{persona}.gguf", random_lora(layers, dims, rank=16, scale=0.02, seed=seed), alpha=16)
         service.adapters.activate(persona, service.adapters.add_version(persona, gguf).version)
     service.refresh_adapters()
-    fixed = GenerationParams(temperature=0.0, max_tokens=32, repeat_penalty=1.0)
-    for name in ("poet", "logician"):
-        service.catalog._personas[name] = dataclasses.replace(service.catalog.get(name), generation=fixed)
 
     # 1. Turn with a persona switch vs without (same conversation, growing history).
     conv = service.new_conversation()
     same, switched = [], []
+    ws.progress("personas: warm-up turn")
     service.send("Hello there, let us talk about rivers.", persona="poet", conversation_id=conv)
-    for i in range(args.runs):
+    for i in range(runs):
+        ws.progress(f"personas: same-persona and switching turns {i + 1}/{runs}")
         same.append(service.send(f"Another line about rivers, number {i}.", persona="poet", conversation_id=conv).timings)
         switched.append(service.send(f"Is claim {i} about rivers valid?", persona="logician", conversation_id=conv).timings)
         service.send(f"Back to verse, {i}.", persona="poet", conversation_id=conv)
 
-    # 2. Adapter switch vs model reload.
+    # 2. Adapter switch vs model reload. The switch is timed at the engine's own switch
+    # point (under its lock, as a turn does it): it is microseconds, far below what a
+    # whole turn's timing could resolve.
+    ws.progress("personas: adapter switches vs model reloads")
     switch_s = []
     with engine._lock:
-        for i in range(args.runs * 10):
+        for i in range(runs * 20):
             t = time.perf_counter()
             engine._use_adapter("poet" if i % 2 else "logician")
             switch_s.append(time.perf_counter() - t)
     reload_s = []
-    for _ in range(3):
+    for _ in range(1 if quick else 3):
         t = time.perf_counter()
-        other = LlamaEngine(settings.engine)
+        other = LlamaEngine(ws.base.engine)
         reload_s.append(time.perf_counter() - t)
-        del other
+        other.llm.close()
 
     # 3. Decode speed with vs without an adapter.
+    ws.progress("personas: decode with and without an adapter")
     prompt = [{"role": "user", "content": "Describe a long walk along the river at dawn."}]
-    long = GenerationParams(temperature=0.0, max_tokens=96, repeat_penalty=1.0)
+    long = GenerationParams(temperature=0.0, max_tokens=24 if quick else 96, repeat_penalty=1.0)
     with_adapter, without = [], []
-    for _ in range(args.runs):
+    for _ in range(runs):
         g = engine.stream_chat(prompt, long, adapter="poet")
         g.text()
         with_adapter.append(g.timings.tokens_per_s)
@@ -92,14 +83,13 @@ def main() -> int:
         g.text()
         without.append(g.timings.tokens_per_s)
 
-    # 4. Router overhead per message.
-    messages = ["Write me a poem about the sea", "Is this syllogism valid?", "what did I do on Sunday?",
-                "What is a good life?", "ok", "Prove that there are infinitely many primes"]
+    # 4. Router cost per message, reusing the retrieval embedding as a turn does.
+    ws.progress("personas: router")
     router = service.router
     router.bank()
     embed_s, route_reuse_s, route_own_s = [], [], []
-    for _ in range(args.runs):
-        for m in messages:
+    for _ in range(runs):
+        for m in ROUTED:
             t = time.perf_counter()
             vec = service.memory.embedder.encode_one(m)
             embed_s.append(time.perf_counter() - t)
@@ -110,28 +100,43 @@ def main() -> int:
             router.route(m, current="me")
             route_own_s.append(time.perf_counter() - t)
 
-    ttft_same = statistics.median(t["ttft_ms"] for t in same)
-    ttft_switch = statistics.median(t["ttft_ms"] for t in switched)
-    report = {
-        "turn_same_persona_ttft_ms": round(ttft_same, 2),
-        "turn_persona_switch_ttft_ms": round(ttft_switch, 2),
-        "ttft_ratio_switch_vs_same": round(ttft_switch / ttft_same, 3),
-        "turn_same_prompt_eval_tokens": statistics.median(t["prompt_eval_tokens"] for t in same),
-        "turn_switch_prompt_eval_tokens": statistics.median(t["prompt_eval_tokens"] for t in switched),
-        "adapter_switch_ms": median_ms(switch_s),
-        "model_reload_ms": median_ms(reload_s),
-        "reload_vs_switch_ratio": round(statistics.median(reload_s) / statistics.median(switch_s), 1),
-        "decode_tokens_per_s_with_adapter": round(statistics.median(with_adapter), 1),
-        "decode_tokens_per_s_base": round(statistics.median(without), 1),
-        "decode_ratio_adapter_vs_base": round(statistics.median(with_adapter) / statistics.median(without), 3),
-        "router_ms_reusing_embedding": median_ms(route_reuse_s),
-        "router_ms_with_own_embedding": median_ms(route_own_s),
-        "embed_one_message_ms": median_ms(embed_s),
-        "router_share_of_ttft": round(statistics.median(route_reuse_s) * 1000 / ttft_same, 4),
-        "runs": args.runs,
+    ttft_same = median(t["ttft_ms"] for t in same)
+    figures = {
+        "persona_switch_ttft": figure(
+            "persona switch turn vs same-persona turn: time to first token", median(t["ttft_ms"] for t in switched), "ms",
+            "a turn that stays with the same persona (and adapter), same conversation", ttft_same,
+            better="lower", label="switch", baseline_label="same persona"),
+        "adapter_switch": figure(
+            "adapter switch vs model reload", median(switch_s) * 1000, "ms",
+            "reloading the GGUF model from disk (a new llama.cpp context)", median(reload_s) * 1000,
+            better="lower", label="adapter switch", baseline_label="model reload"),
+        "adapter_decode": figure(
+            "decode speed with a LoRA adapter vs the bare base", median(with_adapter), "tok/s",
+            "the same generation without an adapter", median(without), better="higher",
+            label="with adapter", baseline_label="base"),
+        "router_share_of_ttft": figure(
+            "router cost vs a turn's time to first token", median(route_reuse_s) * 1000, "ms",
+            "time to first token of a same-persona turn", ttft_same, better="lower",
+            label="router", baseline_label="turn TTFT"),
     }
-    write_report(home, "personas", report, args.json)
-    return 0
+    details = {
+        "runs": runs,
+        "turn_same_prompt_eval_tokens": median(t["prompt_eval_tokens"] for t in same),
+        "turn_switch_prompt_eval_tokens": median(t["prompt_eval_tokens"] for t in switched),
+        "router_ms_with_own_embedding": round(median(route_own_s) * 1000, 3),
+        "embed_one_message_ms": round(median(embed_s) * 1000, 3),
+        "model_load_ms_at_start": round(engine.load_ms, 1),
+    }
+    service.journal.close()
+    return {"figures": figures, "details": details}
+
+
+def run(home: Path, quick: bool = False, progress: Progress = no_progress, workspace: Workspace | None = None) -> dict:
+    return run_suite(_run, home, quick, progress, workspace)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return suite_main("personas", run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -1,30 +1,31 @@
 """Training benchmark on the embedded default model, in one run:
 
   - training tokens/s of the pipeline's run (`python -m tuning.train`: trl SFTTrainer +
-    peft, completion-only loss) next to a plain peft training loop (AdamW, same model,
-    LoRA config, data, batch size and threads) — the ratio is the trainer's overhead;
-  - the wall time of a full `train --persona me` (harvest, train, export, evaluate,
-    promote) on a generated chat export of about 1,000 training pairs, with its held-out
-    losses (base vs candidate).
+    peft, completion-only loss) next to a plain peft training loop (`bench.peft_loop`:
+    AdamW, same model, LoRA config, data, batch size, threads and priority) — the ratio
+    is the trainer's overhead;
+  - (not with --quick) a full `train --persona me` (harvest, train, export, evaluate,
+    promote) on a generated chat export of about 1,000 training pairs: its wall time and
+    its held-out loss next to the base model's.
 The chat export is generated (two speakers, recurring phrasings of one "me"), so its
 losses say the pipeline learns a style, not how well it learns a real person.
 
-Usage: .venv/bin/python bench/training.py [--json] [--steps N] [--pairs N]
+Usage: .venv/bin/python -m bench.training [--json] [--quick]
 Writes $ALTEREGO_HOME/bench/training.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_home, write_report  # noqa: E402
+from bench.common import Progress, Workspace, figure, no_progress, run_suite, suite_main
 
+ROOT = Path(__file__).resolve().parents[1]
 OPENERS = ["hey", "so", "honestly", "ok so", "listen", "ha", "well"]
 TOPICS = ["the dacha", "our trip to Kazan", "the new job", "my bike", "that film", "the concert", "grandma's soup",
           "the cat", "the rent", "the exam", "football tonight", "the train tickets", "the garden", "my sister"]
@@ -48,101 +49,98 @@ def fake_chat(path: Path, exchanges: int, seed: int = 7) -> None:
             t += 3 * 3600  # a new scene per exchange keeps pairs short
 
 
-def plain_peft_loop(base_dir: Path, rows: list[dict], steps: int, batch: int, threads: int, lora: dict) -> dict:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def plain_loop_subprocess(run_dir: Path, steps: int, threads: int) -> dict:
+    from tuning.pipeline import train_env
 
-    torch.set_num_threads(threads)
-    tok = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                             target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-    encoded = []
-    for r in rows:
-        head = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True)
-        full = tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True)
-        head = head["input_ids"] if hasattr(head, "keys") else head
-        full = full["input_ids"] if hasattr(full, "keys") else full
-        encoded.append((list(full), len(head)))
-    model.train()
-    tokens = 0
-    started = time.perf_counter()
-    for step in range(steps):
-        chunk = [encoded[(step * batch + i) % len(encoded)] for i in range(batch)]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((batch, width), tok.pad_token_id or 0)
-        labels = torch.full((batch, width), -100)
-        mask = torch.zeros((batch, width), dtype=torch.long)
-        for i, (seq, start) in enumerate(chunk):
-            ids[i, : len(seq)] = torch.tensor(seq)
-            labels[i, start : len(seq)] = torch.tensor(seq[start:])
-            mask[i, : len(seq)] = 1
-            tokens += len(seq)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    seconds = time.perf_counter() - started
-    return {"steps": steps, "tokens": tokens, "seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds, 1)}
+    proc = subprocess.run([sys.executable, "-m", "bench.peft_loop", str(run_dir), "--steps", str(steps)],
+                          env=train_env(threads), cwd=str(ROOT), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"plain peft loop failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--steps", type=int, default=30, help="steps for the throughput comparison")
-    parser.add_argument("--pairs", type=int, default=1000, help="training pairs for the full run")
-    parser.add_argument("--full-steps", type=int, default=None, help="steps of the full run (default tuning.max_steps)")
-    args = parser.parse_args()
+def _run(ws: Workspace, quick: bool) -> dict:
+    from tuning.errors import TrainingFailedError
+    from tuning.pipeline import prepare_run, run_subprocess, train_persona
 
-    home = bench_home()
-    from tuning.pipeline import hf_base_dir, prepare_run, run_subprocess, train_persona
-    from webapp.chat import ChatService
-    from webapp.settings import load_settings
-
-    settings = load_settings()
-    service = ChatService(settings)
+    steps = 2 if quick else 30
+    pairs = 40 if quick else 1000
+    base_dir = ws.hf_base()
+    service = ws.service("training")
+    settings = service.settings
     cfg = settings.tuning
-    base_dir = hf_base_dir(home, cfg, settings.engine.model_path)
+    cfg.hf_base = str(base_dir)  # the cached base, not a second copy in the scratch root
+    home = settings.home
     export = home / "chat.txt"
-    fake_chat(export, exchanges=int(args.pairs / (1 - cfg.heldout_fraction)) + 5)
+    fake_chat(export, exchanges=int(pairs / (1 - cfg.heldout_fraction)) + 5)
+    ws.progress("training: importing a generated chat export")
     service.memory.import_paths([export], me=["Me"])
     me = service.catalog.get("me")
 
+    last_state = {"state": None}
+
+    def progress(status: dict) -> None:
+        state = status.get("state")
+        if state == "training" and status.get("step"):
+            ws.progress(f"training: step {status['step']}/{status.get('max_steps')} · loss {status.get('loss')}")
+        elif state != last_state["state"] and state in ("exporting", "evaluating"):
+            ws.progress(f"training: {state}")
+        last_state["state"] = state
+
     # 1. Throughput: the pipeline's training process vs a plain peft loop, same data.
     run_dir, data = prepare_run(home, cfg, me, journal=service.journal, store=service.memory.store,
-                                library=service.adapters, base_dir=base_dir, max_steps=args.steps)
-    run_cfg = json.loads((run_dir / "config.json").read_text())
-    pipeline = run_subprocess(run_dir, cfg.train_threads)["train"]
-    rows = [json.loads(line) for line in (run_dir / "train.jsonl").read_text().splitlines()]
-    plain = plain_peft_loop(base_dir, rows, args.steps, cfg.batch_size, cfg.train_threads, run_cfg["lora"])
+                                library=service.adapters, base_dir=base_dir, max_steps=steps)
+    ws.progress(f"training: pipeline run, {steps} steps (trl SFTTrainer in a subprocess)")
+    result = run_subprocess(run_dir, cfg.train_threads, progress)
+    if result.get("state") != "done":
+        raise TrainingFailedError(f"pipeline run failed: {result.get('error')} (log {run_dir / 'train.log'})")
+    pipeline = result["train"]
+    ws.progress(f"training: plain peft loop, {steps} steps")
+    plain = plain_loop_subprocess(run_dir, steps, cfg.train_threads)
 
-    # 2. A full `train --persona me` on the whole dataset.
-    started = time.perf_counter()
-    outcome = train_persona(home, cfg, me, journal=service.journal, store=service.memory.store,
-                            library=service.adapters, model_path=settings.engine.model_path,
-                            max_steps=args.full_steps).as_dict()
-    wall = time.perf_counter() - started
-
-    report = {
+    figures = {
+        "training_tokens_per_s": figure(
+            "training tokens/s: pipeline vs plain peft loop", pipeline["tokens_per_s"], "tok/s",
+            "a plain peft LoRA loop (AdamW) on the same model, data, batch, threads and priority",
+            plain["tokens_per_s"], better="higher", label="pipeline (trl)", baseline_label="plain peft"),
+    }
+    details = {
         "threads": cfg.train_threads,
         "batch_size": cfg.batch_size,
-        "throughput_steps": args.steps,
-        "pipeline_tokens_per_s": pipeline["tokens_per_s"],
-        "plain_peft_tokens_per_s": plain["tokens_per_s"],
-        "pipeline_vs_plain_ratio": round(pipeline["tokens_per_s"] / plain["tokens_per_s"], 3),
-        "full_run_pairs": outcome["data"]["pairs"],
-        "full_run_steps": outcome["train"]["steps"],
-        "full_run_wall_s": round(wall, 1),
-        "full_run_train_s": outcome["train"]["seconds"],
-        "full_run_base_loss": outcome["eval"]["base_loss"],
-        "full_run_candidate_loss": outcome["eval"]["candidate_loss"],
-        "full_run_promoted": outcome["promoted"],
-        "qlora": outcome["train"]["qlora"],
+        "throughput_steps": steps,
+        "pairs": data.as_dict()["pairs"],
+        "pipeline": {k: v for k, v in pipeline.items() if k != "losses"},
+        "plain_peft": plain,
     }
-    write_report(home, "training", report, args.json)
-    return 0
+
+    # 2. A full `train --persona me` on the whole dataset (minutes: not in quick mode).
+    if not quick:
+        ws.progress(f"training: full `train --persona me` run on ~{pairs} pairs")
+        started = time.perf_counter()
+        outcome = train_persona(home, cfg, me, journal=service.journal, store=service.memory.store,
+                                library=service.adapters, model_path=settings.engine.model_path,
+                                progress=progress).as_dict()
+        wall = time.perf_counter() - started
+        ev = outcome["eval"]
+        figures["full_run_heldout_loss"] = figure(
+            "full `train --persona me`: held-out loss", ev["candidate_loss"], "",
+            "the base model's held-out loss on the same pairs", ev["base_loss"], better="lower",
+            label="trained adapter", baseline_label="base model")
+        details["full_run"] = {
+            "pairs": outcome["data"]["pairs"], "steps": outcome["train"]["steps"], "wall_s": round(wall, 1),
+            "train_s": outcome["train"]["seconds"], "tokens_per_s": outcome["train"]["tokens_per_s"],
+            "promoted": outcome["promoted"], "qlora": outcome["train"]["qlora"],
+        }
+    service.journal.close()
+    return {"figures": figures, "details": details}
+
+
+def run(home: Path, quick: bool = False, progress: Progress = no_progress, workspace: Workspace | None = None) -> dict:
+    return run_suite(_run, home, quick, progress, workspace)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return suite_main("training", run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,76 @@
+"""`alterego bench`: the quick run of every suite, as a subprocess on a fresh data root,
+prints one JSON report in which each figure the benchmark promises has a numeric value,
+a named baseline measured in the same run and their ratio; writes report.json and a real
+PNG chart; leaves the user's data alone. No timing is asserted: only that the figures
+exist, are numbers and are consistent with each other."""
+
+import json
+import math
+import subprocess
+
+import pytest
+
+from conftest import ALTEREGO, ROOT, cli_env
+
+# The figures of issue 8: chat TTFT and decode vs raw llama-cpp-python, second turn vs
+# first (KV reuse), persona switch vs same persona, adapter switch vs model reload,
+# ingest scenes/s, training tokens/s vs a plain peft loop (retrieval shares are checked
+# apart: their names carry the collection size).
+REQUIRED = [
+    "chat_ttft", "chat_decode", "second_turn_ttft", "second_turn_prompt_eval", "second_turn_vs_cold",
+    "persona_switch_ttft", "adapter_switch", "ingest_scenes_per_s", "training_tokens_per_s",
+]
+
+
+def number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@pytest.mark.slow
+def test_quick_bench_reports_every_figure_with_baseline_and_ratio(tmp_path, hf_base):
+    home = tmp_path / "home"
+    # The session's HF base is reused instead of materialising a second one.
+    env = cli_env(home, ALTEREGO_TUNING_HF_BASE=str(hf_base))
+    proc = subprocess.run([*ALTEREGO, "bench", "--json", "--quick"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout)  # stdout is exactly one JSON document
+    assert report["errors"] == {}
+    assert "training: starting" in proc.stderr  # progress goes to stderr
+
+    figures = report["figures"]
+    assert [k for k in REQUIRED if k not in figures] == []
+    shares = {k: f for k, f in figures.items() if k.startswith("retrieval_share_")}
+    assert sorted(f["scenes"] for f in shares.values()) == [1_000, 5_000]
+    for key, f in figures.items():
+        assert number(f["value"]) and f["value"] >= 0, key
+        assert number(f["baseline_value"]) and f["baseline_value"] > 0, key
+        assert number(f["ratio"]) and f["ratio"] == pytest.approx(f["value"] / f["baseline_value"], rel=0.01), key
+        assert f["baseline"] and f["title"] and isinstance(f["unit"], str) and f["better"] in ("lower", "higher"), key
+    # The second turn is the first one plus new tokens: only those are evaluated.
+    assert figures["second_turn_prompt_eval"]["value"] < figures["second_turn_prompt_eval"]["baseline_value"]
+
+    assert report["machine"]["cpu_count"] >= 1 and report["versions"]["llama_cpp_python"]
+    assert report["models"]["chat"].endswith(".gguf") and report["quick"] is True
+    assert report["started_at"] <= report["finished_at"]
+
+    out = home / "bench"
+    assert json.loads((out / "report.json").read_text())["figures"] == figures
+    png = (out / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    # Scratch roots are gone and nothing was written into the user's own data.
+    assert not list(out.glob("work-*"))
+    assert not (home / "journal.sqlite3").exists() and not (home / "chroma").exists()
+
+    from bench.runner import format_report
+
+    table = format_report(report)
+    assert all(f["title"] in table for f in figures.values())
+
+
+def test_unknown_suite_is_one_clear_line(tmp_path):
+    proc = subprocess.run([*ALTEREGO, "bench", "--only", "chat,warp"], cwd=ROOT, env=cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "warp" in proc.stderr and "chat, personas, ingest" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "bench" / "report.json").exists()
