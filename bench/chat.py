@@ -25,13 +25,20 @@ MESSAGE = "Hi! Tell me in two sentences what you did this morning and how you fe
 FOLLOW = "And what about the afternoon?"
 
 
-def raw_turn(llm, messages: list[dict], params: dict) -> dict:
-    """One raw llama-cpp-python streamed completion, timed the way the engine times its own."""
+def raw_turn(llm, prompt, params: dict) -> dict:
+    """One raw llama-cpp-python streamed completion of a rendered prompt
+    (`personas.prompting.Rendered`), timed the way the engine times its own."""
     started = time.perf_counter()
     first = None
     tokens = 0
-    for chunk in llm.create_chat_completion(messages=messages, stream=True, **params):
-        if chunk["choices"][0]["delta"].get("content"):
+    if prompt.messages:
+        stream, text_of = llm.create_chat_completion(messages=prompt.messages, stream=True, **params), \
+            (lambda c: c["choices"][0]["delta"].get("content"))
+    else:
+        stream, text_of = llm.create_completion(prompt=prompt.text, stop=prompt.stop, stream=True, **params), \
+            (lambda c: c["choices"][0].get("text"))
+    for chunk in stream:
+        if text_of(chunk):
             tokens += 1
             if first is None:
                 first = time.perf_counter()

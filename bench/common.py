@@ -155,7 +155,7 @@ class Workspace:
         from tuning.pipeline import hf_base_dir
 
         self.progress("preparing the HF-format training base (cached after the first run)")
-        return hf_base_dir(self.home, self.base.tuning, self.base.engine.model_path)
+        return hf_base_dir(self.home, self.base.tuning, self.base.engine.model_spec)
 
     def models(self) -> dict:
         """What was loaded in this run (for the report)."""

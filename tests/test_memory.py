@@ -155,13 +155,13 @@ def test_reply_cites_retrieved_scenes(service):
         service.engine.stream_chat = original
     assert result.sources and result.sources[0]["source"].endswith("diary.txt")
     assert {"text", "source", "speaker", "score", "timestamp"} <= set(result.sources[0])
-    prompt = seen[-1][-1]["content"]
+    prompt = seen[-1].messages[-1]["content"]
     assert "Notes from the user's own past writing" in prompt and "watched the ice go" in prompt
     assert "How the user writes" in prompt  # the me persona gets style lines
     assert service.journal.get_turn(result.turn_id).source_list == result.sources
     # history keeps the message as typed, so the next turn's prefix stays stable
     nxt = service.build_prompt(service.catalog.get("me"), service.history(result.conversation_id), "and?")
-    assert nxt[1]["content"] == "Do you remember walking to the river after work when the ice went?"
+    assert nxt.messages[1]["content"] == "Do you remember walking to the river after work when the ice went?"
 
 
 def test_cli_import_search_forget(tmp_path):

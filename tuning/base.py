@@ -3,12 +3,13 @@
 The app serves a GGUF model with llama.cpp, but training (transformers + peft, bitsandbytes
 for QLoRA) needs an ordinary HF model directory. transformers can *read* a GGUF
 (`from_pretrained(dir, gguf_file=name)`: it dequantises the tensors to float and undoes
-llama.cpp's q/k row permutation), but the model it returns is marked as GGUF-quantised:
+llama.cpp's q/k row permutation for llama models, and Gemma's norm offset), but the model it returns is marked as GGUF-quantised:
 it refuses `save_pretrained` and bitsandbytes quantisation. So, once per base model, we
 build a fresh model `from_config` (same config, minus the GGUF `quantization_config`),
 copy the dequantised `state_dict` into it (tied `lm_head`/`embed_tokens` stay tied), check
 its logits against the GGUF-loaded model, and `save_pretrained` it in float32 (the default
-base is tiny) together with the GGUF's tokenizer and chat template, under
+bases are small) together with the GGUF's tokenizer and chat template (base models have
+none), under
 `cache_root/<fingerprint>/`. The fingerprint ties the cache to the exact GGUF file, since a
 LoRA only fits the base it was trained on. The directory is built in a temporary folder
 and renamed into place, with a marker file written last, so a crash never leaves a
@@ -136,8 +137,8 @@ def _build(gguf_path: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_model, tokenizer = load_gguf_with_transformers(gguf_path)
-    if not tokenizer.chat_template:
-        raise ValueError(f"{gguf_path.name} has no chat template; cannot prepare chat training data for it")
+    # A base model (no chat template, e.g. Gemma 3 270M) is trained on transcripts
+    # (personas.prompting), which need no template.
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the GGUF marker that makes the model unsaveable
@@ -146,7 +147,7 @@ def _build(gguf_path: Path, out: Path) -> None:
     with _no_init_weights():  # every weight is overwritten right below
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict(), strict=True)
-    model.tie_weights()  # SmolLM2 (no output.weight in the GGUF) ties lm_head to embed_tokens
+    model.tie_weights()  # SmolLM2 and Gemma 3 (no output.weight in the GGUF) tie lm_head to embed_tokens
     model.generation_config = gguf_model.generation_config
     model.eval()
 
@@ -166,7 +167,7 @@ def _build(gguf_path: Path, out: Path) -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     reloaded = AutoTokenizer.from_pretrained(out)
-    if reloaded.chat_template != tokenizer.chat_template:
+    if (reloaded.chat_template or None) != (tokenizer.chat_template or None):
         raise RuntimeError(f"the chat template of {gguf_path.name} did not survive saving the tokenizer")
 
 

@@ -12,9 +12,12 @@ Sources, per persona:
 
 Pairs are deduplicated, empty and oversized ones dropped, and split deterministically:
 the held-out set is the *newest* slice (by timestamp, then position), so evaluation asks
-"does it speak like me now". Each line is `{"prompt": [system, user…], "completion":
-[assistant]}` — trl's prompt-completion format, which puts the loss on the completion
-only. `dataset.json` records counts, tokens and which sources the data came from."""
+"does it speak like me now". Each line is laid out by `personas.prompting.pair_record` in
+the base model's chat format, exactly as the app will prompt it: `{"prompt": [system,
+user…], "completion": [assistant]}` for a chat-template model, `{"prompt": "<transcript
+ending in the persona's label>", "completion": " reply"}` for a base model — trl's
+prompt-completion formats, which put the loss on the completion only. `dataset.json`
+records counts, tokens, the chat format and which sources the data came from."""
 
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from memory.documents import CHAT_KINDS, PROSE_KINDS, TRANSCRIPT_KINDS
 from memory.journal import Journal, Turn
 from memory.scenes import estimate_tokens
 from personas.catalog import Persona
+from personas.models import CHAT
+from personas.prompting import pair_record
 
 CONTEXT_TOKENS = 200  # prompt context budget per pair
 MAX_PAIR_TOKENS = 768  # pairs larger than this are dropped (they would be truncated in training)
@@ -43,12 +48,8 @@ class Pair:
     source: str
     order: tuple = (0.0, "", 0)  # (timestamp, source, position): newest last
 
-    def record(self) -> dict:
-        return {
-            "prompt": self.prompt,
-            "completion": [{"role": "assistant", "content": self.completion}],
-            "source": self.source,
-        }
+    def record(self, persona: Persona, chat_format: str = CHAT) -> dict:
+        return {**pair_record(persona, self.prompt, self.completion, chat_format), "source": self.source}
 
     @property
     def tokens(self) -> int:
@@ -62,6 +63,7 @@ class DatasetSummary:
     heldout: int = 0
     preferences: int = 0
     tokens: int = 0
+    chat_format: str = CHAT
     sources: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     path: str = ""
@@ -70,6 +72,7 @@ class DatasetSummary:
         return {
             "persona": self.persona, "pairs": self.train + self.heldout, "train": self.train,
             "heldout": self.heldout, "preferences": self.preferences, "tokens": self.tokens,
+            "chat_format": self.chat_format,
             "sources": self.sources, "dropped": self.dropped, "path": self.path,
         }
 
@@ -254,8 +257,10 @@ def harvest(
     store=None,
     heldout_fraction: float = 0.1,
     max_tokens: int = MAX_PAIR_TOKENS,
+    chat_format: str = CHAT,
 ) -> DatasetSummary:
-    """Write train.jsonl, heldout.jsonl, preferences.jsonl and dataset.json into out_dir."""
+    """Write train.jsonl, heldout.jsonl, preferences.jsonl and dataset.json into out_dir,
+    the pairs laid out in `chat_format` (the base model's, see `personas.models`)."""
     candidates: list[Pair] = []
     if persona.name == "me" and store is not None and store.count():
         kinds = set(CHAT_KINDS) | set(TRANSCRIPT_KINDS) | set(PROSE_KINDS)
@@ -268,14 +273,15 @@ def harvest(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train.jsonl", [p.record() for p in train]), ("heldout.jsonl", [p.record() for p in heldout]),
+    for name, rows in (("train.jsonl", [p.record(persona, chat_format) for p in train]),
+                       ("heldout.jsonl", [p.record(persona, chat_format) for p in heldout]),
                        ("preferences.jsonl", preferences)):
         with open(out_dir / name, "w", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary = DatasetSummary(
         persona=persona.name, train=len(train), heldout=len(heldout), preferences=len(preferences),
-        tokens=sum(p.tokens for p in pairs), sources=dict(Counter(p.source for p in pairs)),
+        tokens=sum(p.tokens for p in pairs), chat_format=chat_format, sources=dict(Counter(p.source for p in pairs)),
         dropped=dict(dropped), path=str(out_dir),
     )
     (out_dir / "dataset.json").write_text(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False), encoding="utf-8")

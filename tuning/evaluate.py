@@ -4,8 +4,11 @@ generations of the candidate, all with transformers + peft on the HF base.
 
 Loss is the mean negative log-likelihood of the completion tokens only (the prompt is
 masked), summed over the held-out set and divided by its completion-token count, so
-long and short answers weigh by their tokens. `should_promote` is the gate itself: the
-candidate must beat the base, and the current adapter by a margin."""
+long and short answers weigh by their tokens. Rows come in either layout the dataset
+harvest writes (`personas.prompting.pair_record`): chat messages through the tokenizer's
+template, or a transcript prompt + completion (+ EOS, as trl trains it) for base models.
+`should_promote` is the gate itself: the candidate must beat the base, and the current
+adapter by a margin."""
 
 from __future__ import annotations
 
@@ -18,8 +21,12 @@ SAMPLE_TOKENS = 48
 
 def _encode(tokenizer, row: dict) -> tuple[list[int], int] | None:
     prompt, completion = row["prompt"], row["completion"]
-    head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-    full = tokenizer.apply_chat_template(prompt + completion, tokenize=True)
+    if isinstance(prompt, str):  # transcript (base model): what trl trains on, EOS included
+        head = tokenizer(prompt)["input_ids"]
+        full = tokenizer(prompt + completion + (tokenizer.eos_token or ""))["input_ids"]
+    else:
+        head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        full = tokenizer.apply_chat_template(prompt + completion, tokenize=True)
     head, full = list(_ids(head)), list(_ids(full))
     if full[: len(head)] != head or len(full) <= len(head):
         return None
@@ -60,16 +67,23 @@ def samples(model, tokenizer, rows: list[dict], n: int = SAMPLES) -> list[dict]:
 
     out = []
     for row in rows[-n:]:
-        ids = _ids(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True))
+        transcript = isinstance(row["prompt"], str)
+        if transcript:
+            ids = tokenizer(row["prompt"])["input_ids"]
+        else:
+            ids = _ids(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True))
         input_ids = torch.tensor([list(ids)], device=model.device)
         with torch.no_grad():
             gen = model.generate(input_ids=input_ids, max_new_tokens=SAMPLE_TOKENS, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        out.append({
-            "prompt": row["prompt"][-1]["content"],
-            "reference": row["completion"][0]["content"],
-            "candidate": tokenizer.decode(gen[0, input_ids.shape[1]:], skip_special_tokens=True).strip(),
-        })
+        text = tokenizer.decode(gen[0, input_ids.shape[1]:], skip_special_tokens=True)
+        if transcript:  # the served reply ends at the next speaker line, as the engine stops it
+            text = text.split("\n")[0]
+            prompt_text = row["prompt"].rsplit("\n", 2)[-2].partition(": ")[2]
+            reference = row["completion"]
+        else:
+            prompt_text, reference = row["prompt"][-1]["content"], row["completion"][0]["content"]
+        out.append({"prompt": prompt_text, "reference": reference.strip(), "candidate": text.strip()})
     return out
 
 

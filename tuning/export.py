@@ -11,7 +11,8 @@ llama.cpp's `convert_lora_to_gguf.py` does: module names mapped through `HF_TO_G
 rows of q_proj/k_proj `lora_B` permuted exactly as `convert_hf_to_gguf.py` permutes the
 base q/k weights (llama.cpp stores them in its own rotary-pair order, transformers
 un-permutes them on load, so a delta trained in HF order must be re-permuted or every
-head's rotary pairs get the wrong update), and anything llama.cpp's LoRA cannot carry
+head's rotary pairs get the wrong update — for llama-family bases only: Gemma 3's q/k are
+stored unpermuted, so its deltas are written as trained), and anything llama.cpp's LoRA cannot carry
 (trained embeddings / lm_head, DoRA, LoRA biases, replicated layers) refused with a
 `ValueError` rather than silently dropped."""
 
@@ -93,8 +94,13 @@ def llama_dims(metadata: dict) -> tuple[int, dict[str, tuple[int, int]]]:
     return int(metadata[f"{arch}.block_count"]), dims
 
 
-# model_type in the base's config.json -> (llama.cpp architecture, permute q/k rows)
-_ARCHITECTURES = {"llama": ("llama", True), "mistral": ("llama", True)}
+# model_type in the base's config.json -> (llama.cpp architecture, permute q/k rows).
+# llama.cpp's converter permutes q/k only for llama-family models; Gemma 3 keeps HF's
+# rotary layout (its converter stores q/k as they are), so its deltas go in unchanged.
+_ARCHITECTURES = {
+    "llama": ("llama", True), "mistral": ("llama", True),
+    "gemma3_text": ("gemma3", False), "gemma3": ("gemma3", False),
+}
 _LORA_KEY = re.compile(
     r"^base_model\.model\.((?:model\.)?layers\.(\d+)\.(?:self_attn|mlp)\.(\w+))\.lora_([AB])\.weight$"
 )

@@ -24,7 +24,7 @@ from pathlib import Path
 from memory.journal import Journal
 from personas.adapters import AdapterLibrary
 from personas.catalog import Persona
-from personas.models import fingerprint, resolve_chat_model
+from personas.models import CHAT, TRANSCRIPT, chat_format, fingerprint, resolve_chat_model
 
 from .config import TuningConfig
 from .dataset import DatasetSummary, harvest
@@ -70,6 +70,16 @@ def hf_base_dir(home: Path, config: TuningConfig, model_path: str) -> Path:
     return materialize_hf_base(gguf, home / "hf_base", fingerprint(gguf))
 
 
+def base_chat_format(config: TuningConfig, model_path: str) -> str:
+    """The chat format training data is laid out in: the served model's (so an adapter
+    learns the prompt it will be served with), or for a configured HF base, its tokenizer's."""
+    if config.hf_base:
+        from transformers import AutoTokenizer
+
+        return CHAT if AutoTokenizer.from_pretrained(config.hf_base).chat_template else TRANSCRIPT
+    return chat_format(resolve_chat_model(model_path))
+
+
 def new_run_dir(home: Path, persona: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
     path = home / "runs" / f"{persona}-{stamp}"
@@ -89,11 +99,11 @@ def use_qlora(config: TuningConfig) -> bool:
 
 def prepare_run(
     home: Path, config: TuningConfig, persona: Persona, *, journal: Journal, store, library: AdapterLibrary,
-    base_dir: Path, max_steps: int | None = None,
+    base_dir: Path, max_steps: int | None = None, chat_format: str = CHAT,
 ) -> tuple[Path, DatasetSummary]:
     run_dir = new_run_dir(home, persona.name)
     data = harvest(persona, run_dir, journal=journal, store=store, heldout_fraction=config.heldout_fraction,
-                   max_tokens=config.max_length)
+                   max_tokens=config.max_length, chat_format=chat_format)
     if data.train < config.min_pairs or data.heldout < 1:
         raise NotEnoughDataError(
             f"{persona.display_name} has {data.train} training pairs and {data.heldout} held-out; at least "
@@ -103,6 +113,7 @@ def prepare_run(
     cfg = {
         "persona": persona.name,
         "base_dir": str(base_dir),
+        "chat_format": chat_format,
         "current_peft": str(current.peft_dir) if current and current.peft_dir else None,
         "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                  "target_modules": list(config.target_modules)},
@@ -177,7 +188,8 @@ def train_persona(
 ) -> TrainOutcome:
     base_dir = hf_base_dir(home, config, model_path)
     run_dir, data = prepare_run(home, config, persona, journal=journal, store=store, library=library,
-                                base_dir=base_dir, max_steps=max_steps)
+                                base_dir=base_dir, max_steps=max_steps,
+                                chat_format=base_chat_format(config, model_path))
     if on_run_dir:
         on_run_dir(run_dir)
     result = run_subprocess(run_dir, config.train_threads, progress)

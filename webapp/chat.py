@@ -5,20 +5,24 @@ the persona (the dropdown's choice, or in Auto mode the router's, reusing the re
 embedding) → journal the user's message (before generation can fail) → build the prompt
 → stream the reply from the engine under the persona's LoRA adapter, if it has one →
 journal the reply with its timings, sources, adapter and routing reason. Promoted
-adapters are picked up on the next turn without a restart. The prompt is laid out so that llama.cpp can reuse its KV cache between turns:
-the persona's system prompt first, then the conversation's earlier turns rendered
-exactly as before (as typed, without their retrieved notes), then the new message with
-this turn's notes from memory. Only when the history no longer fits the context window
+adapters are picked up on the next turn without a restart. The prompt is laid out (by
+`personas.prompting`, in the model's chat format: chat template or, for a base model, a
+transcript) so that llama.cpp can reuse its KV cache between turns: the persona first,
+then the conversation's earlier turns rendered exactly as before (as typed, without their
+retrieved notes), then the new message with this turn's notes from memory. Only when the history no longer fits the context window
 are the oldest turns dropped (and the prefix changes). If memory is unavailable, the
 turn goes on without it and says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from memory.errors import StoreUnavailableError
 from memory.journal import Journal, Turn
@@ -26,11 +30,14 @@ from memory.service import Retrieval, SceneMemory
 from personas.adapters import AdapterLibrary
 from personas.catalog import Persona, PersonaCatalog
 from personas.engine import Engine, create_engine
-from personas.models import fingerprint, resolve_chat_model
+from personas.errors import EngineConfigError, ModelNotFoundError
+from personas.models import CHAT, embedded_info, fingerprint, resolve_chat_model
+from personas.prompting import Rendered, render, script_for
 from personas.router import AUTO, PromptRouter, RouteDecision
 
+from . import modelchoice
 from .errors import ChatInputError
-from .settings import Settings
+from .settings import Settings, save_setting
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +56,11 @@ class TurnUpdate:
     memory_error: str | None = None
     route: RouteDecision | None = None  # set in Auto mode
     adapter: str = ""  # "<persona>/v<N>" of the LoRA used, "" = prompt-only
+    model: str = ""  # the base model's file name (set on the final update)
 
     def as_dict(self) -> dict:
         return {
+            "model": self.model,
             "reply": self.reply,
             "persona": self.persona,
             "turn_id": self.turn_id,
@@ -100,7 +109,7 @@ class ChatService:
     def adapters(self) -> AdapterLibrary:
         """The adapter library of the configured base model (no model load needed)."""
         if self._library is None:
-            fp = self._engine.fingerprint if self._engine else fingerprint(resolve_chat_model(self.settings.engine.model_path))
+            fp = self._engine.fingerprint if self._engine else fingerprint(resolve_chat_model(self.settings.engine.model_spec))
             self._library = AdapterLibrary(self.settings.adapters_path, fp)
         return self._library
 
@@ -114,6 +123,50 @@ class ChatService:
             self._router = PromptRouter(self.catalog, self.memory.embedder, self.settings.router)
             self._router.set_overrides(self.journal.overrides())
         return self._router
+
+    # -- the base model ---------------------------------------------------------------
+    def models(self) -> dict:
+        """The embedded models and the configured one (see `webapp.modelchoice`)."""
+        return modelchoice.overview(self.settings.engine.model_spec, self.settings.adapters_path)
+
+    def use_model(self, spec: str, *, persist: bool = True) -> dict:
+        """Switch the base model to an embedded name or a GGUF path. A loaded engine is
+        replaced by one on the new model (a model that fails to load changes nothing);
+        with `persist` the choice is written to config.toml. Returns the model's row,
+        the personas that answer prompt-only on it (no adapter trained for this base) and
+        any note for the user."""
+        spec = (spec or "").strip()
+        if self.settings.engine.backend.strip().lower() != "llama":
+            raise EngineConfigError(
+                "The model is chosen on the inference server when engine.backend = \"openai\"; "
+                "switching here applies to the in-process engine only."
+            )
+        info = embedded_info(spec)
+        name = info.name if info else str(Path(spec).expanduser().resolve())
+        row = modelchoice.describe(name, self.settings.adapters_path)
+        if not row["available"]:
+            raise ModelNotFoundError(row["error"])
+        config = dataclasses.replace(self.settings.engine, model=name)
+        if self._engine is not None:
+            self._engine = create_engine(config)  # a turn in flight keeps the engine it started with
+        self.settings.engine = config
+        self._library = None  # adapters are per base-model fingerprint
+        if self._engine is not None:
+            self._engine.sync_adapters(self.adapters)
+        if self._scheduler is not None:  # retraining now targets the new base
+            self._scheduler.deps.library, self._scheduler.deps.model_path = self.adapters, name
+        notes = []
+        if persist:
+            path = save_setting(self.settings.home, "engine", "model", name)
+            notes.append(f"saved to {path}")
+            if os.environ.get("ALTEREGO_ENGINE_MODEL", "").strip() not in ("", name):
+                notes.append("ALTEREGO_ENGINE_MODEL is set in the environment and wins over config.toml at the next start")
+        return {"model": row, "prompt_only": modelchoice.prompt_only_personas(self.catalog.names(), row),
+                "notes": notes}
+
+    def import_advice(self, summary: dict) -> str | None:
+        """Advice after an import (mostly non-English texts on an English-only model)."""
+        return modelchoice.import_advice(summary, self.settings.engine.model_spec)
 
     # -- approval loop ------------------------------------------------------------------
     def approve(self, turn_id: int, edit: str | None = None) -> Turn:
@@ -143,7 +196,7 @@ class ChatService:
             self._scheduler = RetrainScheduler(Deps(
                 home=self.settings.home, config=self.settings.tuning, catalog=self.catalog, journal=self.journal,
                 library=self.adapters, store_for=self.store_for,
-                model_path=self.settings.engine.model_path,
+                model_path=self.settings.engine.model_spec,
                 on_promoted=lambda p: self.refresh_adapters() if self._engine is not None else None,
             ))
         return self._scheduler
@@ -284,7 +337,7 @@ class ChatService:
         self.journal.finish_turn(turn_id, reply, timings=timings, sources=sources)
         yield TurnUpdate(turn_id, conversation_id, chosen.name, reply, done=True, timings=timings,
                          sources=sources, memory_error=retrieval.error, route=route,
-                         adapter=timings.get("adapter", ""))
+                         adapter=timings.get("adapter", ""), model=engine.model_path.name)
 
     def _decide(self, text: str, chosen: Persona | None, conversation_id: int | None, retrieval: Retrieval) -> RouteDecision:
         """Route in Auto mode. With a persona chosen by hand, still ask the router (when it
@@ -314,47 +367,46 @@ class ChatService:
     # -- prompt -------------------------------------------------------------------------
     def build_prompt(
         self, persona: Persona, prior: list[Turn], text: str, retrieval: Retrieval | None = None
-    ) -> list[dict]:
-        system = {"role": "system", "content": persona.system_prompt}
-        history: list[dict] = []
-        for turn in prior:
-            history += [{"role": "user", "content": turn.user_text}, {"role": "assistant", "content": turn.reply}]
-        current = {"role": "user", "content": self.with_memory(text, retrieval, persona)}
-
+    ) -> Rendered:
+        """The turn laid out in the model's chat format (`personas.prompting`): the
+        persona first, the earlier turns as typed, then this turn's notes and message.
+        Oldest turns are dropped, whole, when the history does not fit the context."""
+        notes, style = memory_notes(retrieval, persona)
+        script = script_for(persona, text, [], notes, style)
+        fmt = self.engine.chat_format
+        count = self.engine.count_tokens
         budget = self.settings.engine.n_ctx - self.settings.engine.reply_reserve_tokens
-        cost = lambda m: self.engine.count_tokens(m["content"]) + 8  # noqa: E731 (role/template overhead)
-        used = cost(system) + cost(current)
+        rendered = render(script, fmt)
+        # Role/template overhead is a few tokens a message; a transcript is plain text.
+        used = (sum(count(m["content"]) + 8 for m in rendered.messages) if fmt == CHAT else count(rendered.text) + 2)
         if used > budget:
             raise ChatInputError(
                 f"The message needs about {used} tokens but the model's context allows {budget} "
                 "before the reply; shorten it or raise engine.n_ctx."
             )
-        # Keep the newest turns that fit; drop whole (user, assistant) pairs from the start.
-        kept: list[dict] = []
-        for i in range(len(history) - 2, -1, -2):
-            pair_cost = cost(history[i]) + cost(history[i + 1])
+        # Keep the newest turns that fit; drop whole (user, reply) pairs from the start.
+        kept: list[tuple[str, str]] = []
+        for turn in reversed(prior):
+            pair_cost = count(turn.user_text) + count(turn.reply) + 16
             if used + pair_cost > budget:
                 break
             used += pair_cost
-            kept = history[i : i + 2] + kept
-        return [system, *kept, current]
+            kept.insert(0, (turn.user_text, turn.reply))
+        script.history = kept
+        return render(script, fmt)
 
-    @staticmethod
-    def with_memory(text: str, retrieval: Retrieval | None, persona: Persona) -> str:
-        """The new message with this turn's notes from memory before it. Notes go in the
-        last message, never the system prompt, so the cached prefix stays valid."""
-        if retrieval is None or not retrieval.hits:
-            return text
-        notes = []
-        for hit in retrieval.hits:
-            label = ", ".join(x for x in (hit.meta.get("source_kind", ""), _date(hit.meta.get("timestamp"))) if x)
-            notes.append(f"[{label}]\n{hit.text}")
-        parts = ["Notes from the user's own past writing (use them if they help):", *notes]
-        if persona.name == "me" and retrieval.style_lines:
-            parts.append("How the user writes, in their own words:")
-            parts += [f"- {line}" for line in retrieval.style_lines]
-        parts.append(f"Message: {text}")
-        return "\n\n".join(parts)
+
+def memory_notes(retrieval: Retrieval | None, persona: Persona) -> tuple[list[str], list[str]]:
+    """This turn's notes from memory (each scene with its kind and date) and, for Me, the
+    user's own lines among them as style examples."""
+    if retrieval is None or not retrieval.hits:
+        return [], []
+    notes = []
+    for hit in retrieval.hits:
+        label = ", ".join(x for x in (hit.meta.get("source_kind", ""), _date(hit.meta.get("timestamp"))) if x)
+        notes.append(f"[{label}]\n{hit.text}")
+    style = list(retrieval.style_lines) if persona.name == "me" else []
+    return notes, style
 
 
 def _date(timestamp: float | None) -> str:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from .errors import USER_ERRORS
+from .reports import format_import_summary
 
 
 def _settings():
@@ -102,6 +103,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             sys.stderr.flush()
 
     summary = service.memory.import_paths([Path(p) for p in args.paths], me=args.me, progress=progress).as_dict()
+    summary["advice"] = service.import_advice(summary)
     if tty:
         sys.stderr.write("\n")
     if args.json:
@@ -111,23 +113,42 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 1 if summary["errors"] and not summary["scenes_added"] and not summary["scenes_skipped"] else 0
 
 
-def format_import_summary(summary: dict) -> str:
-    lines = [
-        f"{summary['files']} file(s): {summary['scenes_added']} scenes added, "
-        f"{summary['scenes_skipped']} already known, {summary['scenes_removed']} replaced."
-    ]
-    if summary["me"]:
-        detected = f" (auto-detected: {', '.join(summary['me_detected'])}; use --me NAME to correct)" if summary["me_detected"] else ""
-        lines.append(f"You are: {', '.join(summary['me'])}{detected}")
-    for path in summary["repaired"]:
-        lines.append(f"repaired encoding: {path}")
-    for path in summary["damaged"]:
-        lines.append(f"damaged text (readable parts imported): {path}")
-    for err in summary["errors"]:
-        lines.append(f"error: {err['error']}")
-    for path in summary["skipped_files"]:
-        lines.append(f"skipped (not a supported format): {path}")
-    return "\n".join(lines)
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the embedded and configured models, or `use NAME|PATH` to switch (config.toml)."""
+    service = _service()
+    if args.action == "use":
+        if not args.target:
+            print("alterego: error: usage: alterego models use NAME|PATH", file=sys.stderr)
+            return 2
+        result = service.use_model(args.target)
+        if args.json:
+            print(json.dumps(result, ensure_ascii=False, indent=2))
+            return 0
+        row = result["model"]
+        print(f"Model: {row['name']} ({row['title']}, {row['languages']}). {'; '.join(result['notes'])}.")
+        if result["prompt_only"]:
+            print(f"Prompt-only until retrained for this base: {', '.join(result['prompt_only'])} "
+                  "(`alterego train --persona NAME`).")
+        print("A running app picks the new model up at its next start (or switch it in the app's Settings tab).")
+        return 0
+    if args.action not in (None, "list"):
+        print(f"alterego: error: unknown models action '{args.action}' (list, use)", file=sys.stderr)
+        return 2
+    listing = service.models()
+    if args.json:
+        print(json.dumps(listing, ensure_ascii=False, indent=2))
+        return 0
+    for row in listing["models"]:
+        mark = "*" if row["current"] else " "
+        kind = "instruction-tuned" if row.get("instruction_tuned") else "base (transcript prompts)"
+        print(f"{mark} {row['name']:<14} {row.get('title', '')}")
+        if not row["available"]:
+            print(f"    not available: {row['error']}")
+            continue
+        print(f"    {row['languages']}; {kind}; {row['size_mb']} MB; license: {row['license']}")
+        print(f"    adapters: {', '.join(row['adapters']) or 'none yet (every persona answers prompt-only)'}")
+    print("Switch with `alterego models use NAME` or `alterego models use /path/to/model.gguf`.")
+    return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -222,7 +243,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     outcome = train_persona(
         service.settings.home, service.settings.tuning, persona, journal=service.journal, store=store,
-        library=service.adapters, model_path=service.settings.engine.model_path, max_steps=args.max_steps,
+        library=service.adapters, model_path=service.settings.engine.model_spec, max_steps=args.max_steps,
         progress=progress,
     ).as_dict()
     if tty:
@@ -414,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responsiveness", action="store_true",
                    help="also measure chat latency while a training run is in progress (takes minutes)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("models", help="list the chat models (languages, size, adapters), or `models use NAME|PATH`")
+    p.add_argument("action", nargs="?", metavar="use", help="`use` to switch the model (written to config.toml)")
+    p.add_argument("target", nargs="?", metavar="NAME|PATH", help="an embedded model's name or a GGUF file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("personas", help="list the personas")
     p.add_argument("--json", action="store_true")

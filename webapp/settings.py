@@ -3,7 +3,7 @@ dataclass and loaded from `$ALTEREGO_HOME/config.toml` (optional) and `ALTEREGO_
 environment variables (which win). The TOML has one table per section:
 
     [server]            [engine]              [memory]           [tuning]
-    port = 7861         model_path = "..."    top_k = 6          max_steps = 100
+    port = 7861         model = "gemma3-270m"    top_k = 6          max_steps = 100
 
 and each key also reads from `ALTEREGO_<SECTION>_<KEY>`, e.g. `ALTEREGO_SERVER_PORT=7861`
 or `ALTEREGO_ENGINE_MODEL_PATH=/models/x.gguf`. Unknown sections, keys or variables are
@@ -13,6 +13,7 @@ errors that list the valid ones, so a typo never silently falls back to a defaul
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import typing
@@ -175,3 +176,41 @@ def load_settings(env: typing.Mapping[str, str] | None = None, home: Path | None
         _apply(section, getattr(settings, section), key, value, f"environment variable {name}", from_env=True)
     settings.engine.validate()  # a backend typo fails at start, not on the first turn
     return settings
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+def save_setting(home: Path, section: str, key: str, value: object) -> Path:
+    """Write one setting into `$ALTEREGO_HOME/config.toml`, keeping the others (comments
+    are not kept: the file is rewritten). The value is checked like any loaded setting.
+    Written to a temporary file and renamed, so a crash never leaves half a config."""
+    if section not in SECTIONS:
+        raise SettingsError(f"unknown section [{section}]. Valid sections: {', '.join(SECTIONS)}")
+    probe = SECTIONS[section]()
+    _apply(section, probe, key, value, "the new setting")
+    path = Path(home) / "config.toml"
+    data: dict = {}
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{path}: not valid TOML ({exc}); fix it before changing settings") from None
+    data.setdefault(section, {})[key] = getattr(probe, key)
+    lines = []
+    for name, table in data.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,6 +1,6 @@
 """The Gradio web UI: a thin layer over `ChatService`. `ChatUI` holds the callbacks as
 plain methods (tests call them directly, without a browser); `build_app` wires them to
-components and `launch` serves the app. (Gradio is imported at module level because it
+components (`webapp.server` serves them). (Gradio is imported at module level because it
 resolves event-data type hints like `gr.LikeData` from the module's globals; the CLI
 imports this module only for `alterego run`.) No logic lives here that the service or the CLI
 could not reach: the UI converts between the journal and Gradio's message dicts, shows
@@ -19,6 +19,7 @@ from personas.router import AUTO
 
 from .chat import ChatService, TurnUpdate
 from .errors import USER_ERRORS
+from .reports import format_import_summary
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ def _status_line(update: TurnUpdate, display: str) -> str:
         f"**{display}** answered · turn {update.turn_id} · first token {t.get('ttft_ms', 0):.0f} ms · "
         f"{t.get('tokens', 0)} tokens at {t.get('tokens_per_s', 0):.0f} tok/s · "
         f"prompt {t.get('prompt_eval_tokens', 0)}/{t.get('prompt_tokens', 0)} tokens evaluated"
+        + (f" · model {update.model}" if update.model else "")
     )
 
 
@@ -304,9 +306,44 @@ class ChatUI:
                 progress((index + 0.5) / count, desc=f"{Path(source).name}: {scenes} scenes")
 
         summary = self.service.memory.import_paths(paths, me=me, source_names=names, progress=tick).as_dict()
-        from .cli import format_import_summary
-
+        summary["advice"] = self.service.import_advice(summary)
         return "```\n" + format_import_summary(summary) + "\n```", summary
+
+    # -- the base model -------------------------------------------------------------------
+    def model_choices(self) -> list[tuple[str, str]]:
+        rows = self.service.models()["models"]
+        return [(f"{r['name']} — {r.get('title', '')}", r["name"]) for r in rows if r["available"]]
+
+    def model_overview(self) -> str:
+        listing = self.service.models()
+        lines = ["| | model | languages | kind | size | adapters | license |", "|---|---|---|---|---|---|---|"]
+        for r in listing["models"]:
+            if not r["available"]:
+                lines.append(f"| | {r['name']} | — | not available: {r['error']} | | | |")
+                continue
+            kind = "instruction-tuned" if r.get("instruction_tuned") else "base (transcript prompts)"
+            lines.append(
+                f"| {'✅' if r['current'] else ''} | **{r['name']}** {r.get('title', '')} | {r['languages']} | {kind} "
+                f"| {r['size_mb']} MB | {', '.join(r['adapters']) or 'none'} | {r['license']} |"
+            )
+        return "\n".join(lines)
+
+    def switch_model(self, name: str | None) -> str:
+        """Load the chosen model (the chat waits for it), save the choice, and say which
+        personas answer prompt-only until retrained for this base."""
+        if not name:
+            raise gr.Error("Pick a model first.", print_exception=False)
+        try:
+            result = self.service.use_model(name)
+        except USER_ERRORS as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        row = result["model"]
+        text = f"Now answering with **{row['name']}** ({row['languages']}); {'; '.join(result['notes'])}."
+        if result["prompt_only"]:
+            names = ", ".join(self._display(p) for p in result["prompt_only"])
+            text += (f"\n\nPrompt-only until retrained for this base: **{names}** — adapters are trained per "
+                     "base model; retrain them in the Tuning tab.")
+        return text
 
     def search_memory(self, query: str) -> list[list]:
         try:
@@ -360,7 +397,33 @@ def build_app(service: ChatService):
         memory.select(*refresh_memory, api_name=False)
         with gr.Tab("Tuning", id="tuning-tab"):
             tuning_tab(ui)
+        with gr.Tab("Settings", id="settings-tab") as settings:
+            refresh_settings = settings_tab(ui)
+        settings.select(*refresh_settings, api_name=False)
     return app
+
+
+def settings_tab(ui: ChatUI) -> tuple:
+    """The model choice; returns the (fn, inputs, outputs) that refresh it."""
+    gr.Markdown(
+        "### Model\nThe model that writes every reply. **smollm2-135m** is small and fast but writes "
+        "English only; **gemma3-270m** is a multilingual base model (140+ languages) — choose it when you "
+        "write in another language. Persona adapters are trained per model: after a switch, personas "
+        "without an adapter for the new model answer from their prompt alone until retrained."
+    )
+    table = gr.Markdown(ui.model_overview(), elem_id="model-table")
+    current = ui.service.models()["current"]
+    with gr.Row():
+        choice = gr.Dropdown(ui.model_choices(), value=current, label="Model", elem_id="model-choice")
+        button = gr.Button("Use this model", variant="primary", elem_id="model-use")
+    status = gr.Markdown(elem_id="model-status")
+
+    def use(name):
+        message = ui.switch_model(name)
+        return message, ui.model_overview()
+
+    button.click(use, [choice], [status, table], api_name=False)
+    return (lambda: ui.model_overview()), None, [table]
 
 
 def chat_tab(ui: ChatUI) -> tuple:

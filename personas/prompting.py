@@ -1,0 +1,187 @@
+"""How a turn is laid out for the model, in one place for serving, training and evaluation.
+
+A `Script` says what a turn holds, independent of any model: the persona (its label,
+instructions and description, a few static example exchanges in its voice), the
+conversation so far, the new message, this turn's notes from memory and, for Me, lines
+the user wrote (style). `render` lays it out in the model's chat format
+(`personas.models.chat_format`):
+
+- CHAT (instruction-tuned models with a chat template): role messages — the persona's
+  system prompt, the earlier turns as typed, then the new message with this turn's notes
+  before it. The engine applies the GGUF's template.
+- TRANSCRIPT (base models, no template): one text — the persona's description, a few
+  example exchanges in its voice, then the conversation as `User: …` / `<Label>: …` lines;
+  this turn's notes and style lines sit just before the new message, and the text ends with
+  the persona's label so the model writes its line. Generation stops at the next speaker
+  label (`Rendered.stop`).
+
+Both layouts keep everything that changes per turn (notes, style) *after* the history,
+and render the history identically turn after turn, so llama.cpp reuses its KV cache and
+a follow-up pays only for its new tokens. Training pairs and held-out evaluation are
+rendered by the same functions (`pair_record`), so an adapter is trained in exactly the
+format it is served in."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .models import CHAT, TRANSCRIPT
+
+USER_LABEL = "User"
+EXAMPLE_EXCHANGES = 2  # example exchanges from a role persona's examples.jsonl in a transcript
+# Base models imitate what they see: a header that lists the user's lines makes them copy,
+# so a few short ones are enough.
+MAX_STYLE_LINES = 4
+
+
+@dataclass
+class Script:
+    """What one turn (or one training pair) holds, before it is laid out for a model."""
+
+    label: str  # the persona's speaker label ("Me", "Poet")
+    system: str  # instructions, for chat models
+    description: str  # who the persona is, for base models
+    message: str  # the new user message (or a training pair's context)
+    history: list[tuple[str, str]] = field(default_factory=list)  # (user, reply), oldest first
+    examples: list[tuple[str, str]] = field(default_factory=list)  # static exchanges in the persona's voice
+    notes: list[str] = field(default_factory=list)  # this turn's notes from memory
+    style: list[str] = field(default_factory=list)  # lines the user wrote (Me), this turn
+
+
+@dataclass
+class Rendered:
+    """A prompt ready for the engine: role `messages` (CHAT) or `text` + `stop` (TRANSCRIPT)."""
+
+    format: str
+    messages: list[dict] = field(default_factory=list)
+    text: str = ""
+    stop: list[str] = field(default_factory=list)
+
+
+def script_for(persona, message: str, history: list[tuple[str, str]] | None = None,
+               notes: list[str] | None = None, style: list[str] | None = None) -> Script:
+    """A Script for `persona` (a `personas.catalog.Persona`)."""
+    return Script(
+        label=persona.display_name, system=persona.system_prompt, description=persona.intro,
+        message=message, history=list(history or []), examples=persona_examples(persona),
+        notes=list(notes or []), style=list(style or []),
+    )
+
+
+def persona_examples(persona, n: int = EXAMPLE_EXCHANGES) -> list[tuple[str, str]]:
+    """The first `n` single-turn exchanges of a persona's examples.jsonl (static, so the
+    transcript's header never changes between turns)."""
+    path = getattr(persona, "examples_path", None)
+    out: list[tuple[str, str]] = []
+    if path is None:
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if len(out) >= n:
+            break
+        try:
+            messages = json.loads(line)["messages"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if len(messages) == 2 and messages[0].get("role") == "user" and messages[1].get("role") == "assistant":
+            out.append((messages[0]["content"], messages[1]["content"]))
+    return out
+
+
+# -- chat (template) layout --------------------------------------------------------------
+def notes_block(script: Script) -> str:
+    """The new message with this turn's notes before it (chat layout). Notes go in the
+    last message, never the system prompt, so the cached prefix stays valid."""
+    if not script.notes and not script.style:
+        return script.message
+    parts = []
+    if script.notes:
+        parts += ["Notes from the user's own past writing (use them if they help):", *script.notes]
+    if script.style:
+        parts.append("How the user writes, in their own words:")
+        parts += [f"- {line}" for line in script.style]
+    parts.append(f"Message: {script.message}")
+    return "\n\n".join(parts)
+
+
+def chat_messages(script: Script) -> list[dict]:
+    messages = [{"role": "system", "content": script.system}]
+    for user, reply in script.history:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    messages.append({"role": "user", "content": notes_block(script)})
+    return messages
+
+
+# -- transcript (base model) layout --------------------------------------------------------
+def _line(label: str, text: str) -> str:
+    return f"{label}: {text.strip()}"
+
+
+def transcript_header(script: Script) -> str:
+    lines = [f"{script.label} — {script.description.strip()}"]
+    if script.examples:
+        lines += ["", f"How {script.label} answers:"]
+        for user, reply in script.examples:
+            lines += [_line(USER_LABEL, user), _line(script.label, reply)]
+    lines += ["", f"A chat between {USER_LABEL} and {script.label}.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def transcript_history(script: Script) -> str:
+    return "".join(f"{_line(USER_LABEL, u)}\n{_line(script.label, r)}\n" for u, r in script.history)
+
+
+def transcript_turn(script: Script) -> str:
+    """The part that is new each turn: notes, style lines, the message, the opened reply."""
+    parts = []
+    if script.notes:
+        parts.append(f"(From {script.label}'s own past writing:\n" + "\n".join(script.notes) + ")\n")
+    if script.style:
+        shown = script.style[:MAX_STYLE_LINES]
+        parts.append(f"(Lines {script.label} wrote before: " + " / ".join(s.strip() for s in shown) + ")\n")
+    parts.append(f"{_line(USER_LABEL, script.message)}\n{script.label}:")
+    return "".join(parts)
+
+
+def transcript_stop(script: Script) -> list[str]:
+    return [f"\n{USER_LABEL}:", f"\n{script.label}:", "\n(From "]
+
+
+def transcript_text(script: Script) -> str:
+    return transcript_header(script) + transcript_history(script) + transcript_turn(script)
+
+
+def render(script: Script, fmt: str) -> Rendered:
+    if fmt == TRANSCRIPT:
+        return Rendered(TRANSCRIPT, text=transcript_text(script), stop=transcript_stop(script))
+    if fmt != CHAT:
+        raise ValueError(f"unknown chat format {fmt!r}")
+    return Rendered(CHAT, messages=chat_messages(script))
+
+
+# -- training pairs -----------------------------------------------------------------------------
+def script_from_messages(persona, messages: list[dict]) -> Script:
+    """A Script from a chat-format prompt ([system?, (user, assistant)*, user]) — how the
+    dataset harvest records a pair's context."""
+    body = [m for m in messages if m.get("role") != "system"]
+    if not body or body[-1].get("role") != "user":
+        raise ValueError("a prompt must end with the user's message")
+    history, pending = [], None
+    for m in body[:-1]:
+        if m["role"] == "user":
+            pending = m["content"] if pending is None else f"{pending}\n{m['content']}"
+        elif m["role"] == "assistant":
+            history.append((pending or "", m["content"]))
+            pending = None
+    message = body[-1]["content"] if pending is None else f"{pending}\n{body[-1]['content']}"
+    return script_for(persona, message, history)
+
+
+def pair_record(persona, messages: list[dict], completion: str, fmt: str) -> dict:
+    """One training/evaluation row in the model's format: trl's conversational
+    prompt-completion for CHAT, plain text prompt + completion for TRANSCRIPT (the
+    completion starts with the space after the label, as the model generates it)."""
+    if fmt == TRANSCRIPT:
+        script = script_from_messages(persona, messages)
+        return {"prompt": transcript_text(script), "completion": " " + completion.strip()}
+    return {"prompt": messages, "completion": [{"role": "assistant", "content": completion}]}
