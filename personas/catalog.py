@@ -41,12 +41,12 @@ class Persona:
     generation: GenerationParams = field(default_factory=GenerationParams)
     folder: Path | None = None
     # Who the persona is, in the third person: opens the transcript a base model continues
-    # (`personas.prompting`); "" = the description.
-    transcript_intro: str = ""
+    # (`personas.prompting`). None = the description; "" = no description at all.
+    transcript_intro: str | None = None
 
     @property
     def intro(self) -> str:
-        return self.transcript_intro or self.description
+        return self.description if self.transcript_intro is None else self.transcript_intro
 
     @property
     def examples_path(self) -> Path | None:
@@ -95,7 +95,7 @@ def load_persona(path: Path) -> Persona:
         system_prompt=str(data["system_prompt"]).strip(),
         generation=params,
         folder=path.parent,
-        transcript_intro=str(data.get("intro") or "").strip(),
+        transcript_intro=None if "intro" not in data else str(data["intro"] or "").strip(),
     )
 
 

@@ -9,8 +9,8 @@ the user wrote (style). `render` lays it out in the model's chat format
 - CHAT (instruction-tuned models with a chat template): role messages — the persona's
   system prompt, the earlier turns as typed, then the new message with this turn's notes
   before it. The engine applies the GGUF's template.
-- TRANSCRIPT (base models, no template): one text — the persona's description, a few
-  example exchanges in its voice, then the conversation as `User: …` / `<Label>: …` lines;
+- TRANSCRIPT (base models, no template): one text — the persona's intro (description), a
+  few example exchanges in its voice, then the conversation as `User: …` / `<Label>: …` lines;
   this turn's notes and style lines sit just before the new message, and the text ends with
   the persona's label so the model writes its line. Generation stops at the next speaker
   label (`Rendered.stop`).
@@ -118,13 +118,15 @@ def _line(label: str, text: str) -> str:
 
 
 def transcript_header(script: Script) -> str:
-    lines = [f"{script.label} — {script.description.strip()}"]
-    if script.examples:
-        lines += ["", f"How {script.label} answers:"]
-        for user, reply in script.examples:
-            lines += [_line(USER_LABEL, user), _line(script.label, reply)]
-    lines += ["", f"A chat between {USER_LABEL} and {script.label}.", ""]
-    return "\n".join(lines) + "\n"
+    """Who the persona is and how it answers (static: the same every turn). Kept free of
+    anything else in English, since a base model answers in the language its context is
+    in: a persona without an intro and examples (Me) gets no header at all."""
+    lines = []
+    if script.description.strip():
+        lines.append(f"{script.label} — {script.description.strip()}")
+    for user, reply in script.examples:
+        lines += [_line(USER_LABEL, user), _line(script.label, reply)]
+    return "\n".join(lines) + "\n\n" if lines else ""
 
 
 def transcript_history(script: Script) -> str:

@@ -28,7 +28,7 @@ def home(tmp_path, monkeypatch) -> Path:
     root.mkdir()
     monkeypatch.setenv("ALTEREGO_HOME", str(root))
     for name in list(os.environ):
-        if name.startswith("ALTEREGO_") and name != "ALTEREGO_HOME":
+        if name.startswith("ALTEREGO_") and name not in ("ALTEREGO_HOME", "ALTEREGO_MODEL_CACHE"):
             monkeypatch.delenv(name)
     return root
 
@@ -49,6 +49,17 @@ def engine():
 
 
 @pytest.fixture(scope="session")
+def gemma_engine():
+    """The multilingual embedded base (Gemma 3 270M), loaded once per session."""
+    from personas.config import EngineConfig
+    from personas.engine import LlamaEngine
+
+    engine = LlamaEngine(EngineConfig(model="gemma3-270m"))
+    yield engine
+    engine.llm.close()
+
+
+@pytest.fixture(scope="session")
 def embedder():
     from memory.embedder import Embedder
 
@@ -66,6 +77,30 @@ def service(settings, engine, embedder):
     svc = ChatService(settings, engine=engine, journal=journal, memory=memory)
     yield svc
     svc.journal.close()
+
+
+@pytest.fixture
+def service_factory(settings, engine, embedder, request):
+    """ChatServices on a chosen embedded model ("smollm2-135m" or "gemma3-270m"), sharing
+    the session's loaded engines and this test's data root."""
+    from memory.journal import Journal
+    from memory.service import SceneMemory
+    from webapp.chat import ChatService
+
+    made = []
+
+    def make(model: str = "smollm2-135m"):
+        settings.engine.model = model
+        eng = request.getfixturevalue("gemma_engine") if model == "gemma3-270m" else engine
+        journal = Journal(settings.journal_path)
+        memory = SceneMemory(settings.memory, settings.home, journal, embedder=embedder)
+        svc = ChatService(settings, engine=eng, journal=journal, memory=memory)
+        made.append(svc)
+        return svc
+
+    yield make
+    for svc in made:
+        svc.journal.close()
 
 
 TINY = {

@@ -121,7 +121,7 @@ def llama(adapter_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("gguf")
     engine = LlamaEngine(EngineConfig())
     lib = AdapterLibrary(work / "adapters", engine.fingerprint)
-    for persona, permute in (("exported", True), ("unpermuted", False)):
+    for persona, permute in (("exported", None), ("unpermuted", False)):
         gguf = export_peft_to_gguf(adapter_dir, work / f"{persona}.gguf", _permute=permute)
         lib.activate(persona, lib.add_version(persona, gguf).version)
     assert engine.sync_adapters(lib) == {"exported": "exported/v1", "unpermuted": "unpermuted/v1"}

@@ -79,7 +79,11 @@ def samples(model, tokenizer, rows: list[dict], n: int = SAMPLES) -> list[dict]:
         text = tokenizer.decode(gen[0, input_ids.shape[1]:], skip_special_tokens=True)
         if transcript:  # the served reply ends at the next speaker line, as the engine stops it
             text = text.split("\n")[0]
-            prompt_text = row["prompt"].rsplit("\n", 2)[-2].partition(": ")[2]
+            # the user's message: the last "User: " line(s), without the opened reply label
+            from personas.prompting import USER_LABEL
+
+            tail = ("\n" + row["prompt"]).rpartition(f"\n{USER_LABEL}: ")[2]
+            prompt_text = tail.rsplit("\n", 1)[0]
             reference = row["completion"]
         else:
             prompt_text, reference = row["prompt"][-1]["content"], row["completion"][0]["content"]

@@ -117,13 +117,14 @@ def permute_rows(b: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def export_peft_to_gguf(
-    adapter_dir: Path, out_path: Path, *, base_config: dict | None = None, _permute: bool = True
+    adapter_dir: Path, out_path: Path, *, base_config: dict | None = None, _permute: bool | None = None
 ) -> Path:
     """Convert a saved PEFT LoRA (`adapter_config.json` + `adapter_model.safetensors`)
     into a llama.cpp GGUF LoRA at `out_path`. `base_config` is the base model's HF
     config.json as a dict; by default it is read from the adapter's
     `base_model_name_or_path` directory. Raises ValueError for adapters llama.cpp cannot
-    apply faithfully. (`_permute=False` skips the q/k permutation: a test control only.)"""
+    apply faithfully. (`_permute` overrides the architecture's q/k permutation — False
+    skips it, True forces it: negative controls for tests only.)"""
     adapter_dir, out_path = Path(adapter_dir), Path(out_path)
     try:
         cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
@@ -180,7 +181,7 @@ def export_peft_to_gguf(
         factor = _peft_scaling(cfg, qualified[(layer, module)], rank) / (alpha / rank)
         if factor != 1.0:
             b = b * np.float32(factor)
-        if _permute and needs_permute and module in ("q_proj", "k_proj"):
+        if (needs_permute if _permute is None else _permute) and module in ("q_proj", "k_proj"):
             b = permute_rows(b, n_head if module == "q_proj" else n_kv_head)
         tensors[(layer, HF_TO_GGUF[module])] = (a, b)
 

@@ -314,7 +314,7 @@ class ChatService:
             for piece in generation:
                 first_piece = first_piece or time.perf_counter()
                 reply += piece
-                yield TurnUpdate(turn_id, conversation_id, chosen.name, reply, sources=sources,
+                yield TurnUpdate(turn_id, conversation_id, chosen.name, reply.lstrip(), sources=sources,
                                  memory_error=retrieval.error, route=route, adapter=generation.timings.adapter)
         except BaseException as exc:
             # GeneratorExit (client went away) keeps what was said so far as well.

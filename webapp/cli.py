@@ -202,7 +202,7 @@ def cmd_adapters(args: argparse.Namespace) -> int:
 
 def cmd_dataset(args: argparse.Namespace) -> int:
     from tuning.dataset import harvest
-    from tuning.pipeline import new_run_dir
+    from tuning.pipeline import base_chat_format, new_run_dir
 
     service = _service()
     persona = service.catalog.get(args.persona)
@@ -210,7 +210,8 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     out = new_run_dir(service.settings.home, f"dataset-{persona.name}")
     summary = harvest(persona, out, journal=service.journal, store=store,
                       heldout_fraction=service.settings.tuning.heldout_fraction,
-                      max_tokens=service.settings.tuning.max_length).as_dict()
+                      max_tokens=service.settings.tuning.max_length,
+                      chat_format=base_chat_format(service.settings.tuning, service.settings.engine.model_spec)).as_dict()
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))
         return 0

@@ -6,7 +6,7 @@ environment variables (which win). The TOML has one table per section:
     port = 7861         model = "gemma3-270m"    top_k = 6          max_steps = 100
 
 and each key also reads from `ALTEREGO_<SECTION>_<KEY>`, e.g. `ALTEREGO_SERVER_PORT=7861`
-or `ALTEREGO_ENGINE_MODEL_PATH=/models/x.gguf`. Unknown sections, keys or variables are
+or `ALTEREGO_ENGINE_MODEL=gemma3-270m`. Unknown sections, keys or variables are
 errors that list the valid ones, so a typo never silently falls back to a default.
 `ALTEREGO_HOME` itself is the single data root (default: the per-user data dir)."""
 
@@ -27,8 +27,9 @@ from tuning.config import TuningConfig
 from .errors import SettingsError
 
 ENV_PREFIX = "ALTEREGO_"
-# Variables that are not section keys.
-RESERVED_ENV = {"ALTEREGO_HOME"}
+# Variables that are not section keys: the data root, and where embedded models are
+# assembled (personas.models.model_cache; outside the data root, shared by all of them).
+RESERVED_ENV = {"ALTEREGO_HOME", "ALTEREGO_MODEL_CACHE"}
 
 
 @dataclass
@@ -136,7 +137,7 @@ def _coerce(value: object, annotation: object, where: str) -> object:
 
 
 def valid_env_names() -> list[str]:
-    return ["ALTEREGO_HOME"] + [ENV_PREFIX + k.replace(".", "_").upper() for k in valid_keys()]
+    return sorted(RESERVED_ENV) + [ENV_PREFIX + k.replace(".", "_").upper() for k in valid_keys()]
 
 
 def _apply(section: str, obj: object, key: str, value: object, where: str, from_env: bool = False) -> None:
