@@ -137,9 +137,9 @@ class Workspace:
             self._embedder.encode(["warm up"])  # the first encode pays for lazy loading
         return self._embedder
 
-    def service(self, suite: str, max_tokens: int = 48):
-        """A ChatService over a fresh scratch root, the shared model and embedder, and
-        greedy fixed-length personas."""
+    def service(self, suite: str, max_tokens: int = 48, engine=None):
+        """A ChatService over a fresh scratch root, the shared model (or `engine`) and
+        embedder, and greedy fixed-length personas."""
         from memory.journal import Journal
         from memory.service import SceneMemory
         from webapp.chat import ChatService
@@ -148,7 +148,9 @@ class Workspace:
         write_fixed_personas(settings.home / "personas", max_tokens)
         journal = Journal(settings.journal_path)
         memory = SceneMemory(settings.memory, settings.home, journal, embedder=self.embedder)
-        return ChatService(settings, engine=self.engine, journal=journal, memory=memory)
+        if engine is not None:
+            settings.engine.model = str(engine.model_path)  # adapters and training follow that model
+        return ChatService(settings, engine=engine or self.engine, journal=journal, memory=memory)
 
     def hf_base(self) -> Path:
         """The HF-format training base, materialised once under the real data root."""

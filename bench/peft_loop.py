@@ -33,13 +33,14 @@ def plain_peft_loop(run_dir: Path, steps: int) -> dict:
                                              target_modules=lora["target_modules"], bias="none", task_type="CAUSAL_LM"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.get("learning_rate", 2e-4))
     max_length = cfg.get("max_length", 512)
+    from tuning.evaluate import encode_row  # the same tokens trl and the evaluation see, either layout
+
     encoded = []
     for row in load_rows(run_dir / "train.jsonl"):
-        head = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)
-        full = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
-        head = head["input_ids"] if hasattr(head, "keys") else head
-        full = full["input_ids"] if hasattr(full, "keys") else full
-        encoded.append((list(full)[:max_length], min(len(head), max_length)))
+        enc = encode_row(tok, row)
+        if enc is not None:
+            full, start = enc
+            encoded.append((full[:max_length], min(start, max_length)))
     batch = cfg.get("batch_size", 4)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     model.train()

@@ -1,8 +1,10 @@
 """Persona benchmark on the embedded defaults: adapter hot-swap and the router.
 
 Measures, in one run:
-  - a chat turn that switches persona (and adapter) vs a turn that stays with the same
-    persona (time to first token through ChatService, same conversation);
+  - chat turns that switch persona (and adapter) vs a turn that stays with the same
+    persona (time to first token through ChatService, same conversation): the first switch
+    to a persona in a conversation, and a switch back to one already used there (its KV
+    snapshot restored) — also next to the same switch-back turns without snapshots;
   - switching adapters in the running engine (`llama_set_adapters_lora` + cache reset)
     vs reloading the model from disk;
   - decode tokens/s with an adapter vs the bare base;
@@ -42,16 +44,38 @@ def _run(ws: Workspace, quick: bool) -> dict:
         service.adapters.activate(persona, service.adapters.add_version(persona, gguf).version)
     service.refresh_adapters()
 
-    # 1. Turn with a persona switch vs without (same conversation, growing history).
-    conv = service.new_conversation()
-    same, switched = [], []
+    # 1. Turns that switch persona (and adapter) vs turns that stay, same conversation:
+    # the first switch to a persona in a conversation (a full prefill under its adapter),
+    # and a switch back to one already used there (its KV snapshot restored), the latter
+    # also with snapshots turned off — how every switch was served before them.
+    def conversation_turns(i: int) -> tuple[dict, dict, list[dict]]:
+        conv = service.new_conversation()
+        for j in range(3):  # some history, so a re-prefill has something to re-read
+            service.send(f"Tell me about rivers and the sea, part {j} of run {i}, in a few lines.", persona="poet",
+                         conversation_id=conv)
+        same = service.send(f"Another line about rivers, number {i}.", persona="poet", conversation_id=conv).timings
+        first = service.send(f"Is claim {i} about rivers valid?", persona="logician", conversation_id=conv).timings
+        back = [service.send(f"Back to verse, {i}.", persona="poet", conversation_id=conv).timings,
+                service.send(f"And is that valid, {i}?", persona="logician", conversation_id=conv).timings]
+        return same, first, back
+
+    same, first_switch, switch_back, switch_back_cold = [], [], [], []
     ws.progress("personas: warm-up turn")
-    service.send("Hello there, let us talk about rivers.", persona="poet", conversation_id=conv)
+    service.send("Hello there, let us talk about rivers.", persona="poet")
     for i in range(runs):
-        ws.progress(f"personas: same-persona and switching turns {i + 1}/{runs}")
-        same.append(service.send(f"Another line about rivers, number {i}.", persona="poet", conversation_id=conv).timings)
-        switched.append(service.send(f"Is claim {i} about rivers valid?", persona="logician", conversation_id=conv).timings)
-        service.send(f"Back to verse, {i}.", persona="poet", conversation_id=conv)
+        ws.progress(f"personas: same-persona, first-switch and switch-back turns {i + 1}/{runs}")
+        s_, f_, b_ = conversation_turns(i)
+        same.append(s_)
+        first_switch.append(f_)
+        switch_back += b_
+    budget = engine.snapshots.max_bytes
+    engine.snapshots.max_bytes = 0  # as before snapshots: every switch re-reads the conversation
+    try:
+        for i in range(runs):
+            ws.progress(f"personas: switch-back turns without KV snapshots {i + 1}/{runs}")
+            switch_back_cold += conversation_turns(runs + i)[2]
+    finally:
+        engine.snapshots.max_bytes = budget
 
     # 2. Adapter switch vs model reload. The switch is timed at the engine's own switch
     # point (under its lock, as a turn does it): it is microseconds, far below what a
@@ -102,10 +126,20 @@ def _run(ws: Workspace, quick: bool) -> dict:
 
     ttft_same = median(t["ttft_ms"] for t in same)
     figures = {
-        "persona_switch_ttft": figure(
-            "persona switch turn vs same-persona turn: time to first token", median(t["ttft_ms"] for t in switched), "ms",
+        "persona_switch_back_ttft": figure(
+            "switch back to a persona already used in the conversation vs same-persona turn: TTFT",
+            median(t["ttft_ms"] for t in switch_back), "ms",
             "a turn that stays with the same persona (and adapter), same conversation", ttft_same,
-            better="lower", label="switch", baseline_label="same persona"),
+            better="lower", label="switch back", baseline_label="same persona"),
+        "persona_switch_back_vs_before": figure(
+            "switch back with KV snapshots vs without (every switch re-reads the conversation): TTFT",
+            median(t["ttft_ms"] for t in switch_back), "ms", "the same switch-back turns with snapshots turned off",
+            median(t["ttft_ms"] for t in switch_back_cold), better="lower", label="snapshots", baseline_label="no snapshots"),
+        "persona_first_switch_ttft": figure(
+            "first switch to a persona in the conversation vs same-persona turn: TTFT",
+            median(t["ttft_ms"] for t in first_switch), "ms",
+            "a turn that stays with the same persona (and adapter), same conversation", ttft_same,
+            better="lower", label="first switch", baseline_label="same persona"),
         "adapter_switch": figure(
             "adapter switch vs model reload", median(switch_s) * 1000, "ms",
             "reloading the GGUF model from disk (a new llama.cpp context)", median(reload_s) * 1000,
@@ -122,7 +156,12 @@ def _run(ws: Workspace, quick: bool) -> dict:
     details = {
         "runs": runs,
         "turn_same_prompt_eval_tokens": median(t["prompt_eval_tokens"] for t in same),
-        "turn_switch_prompt_eval_tokens": median(t["prompt_eval_tokens"] for t in switched),
+        "turn_first_switch_prompt_eval_tokens": median(t["prompt_eval_tokens"] for t in first_switch),
+        "turn_switch_back_prompt_eval_tokens": median(t["prompt_eval_tokens"] for t in switch_back),
+        "turn_switch_back_without_snapshots_prompt_eval_tokens": median(t["prompt_eval_tokens"] for t in switch_back_cold),
+        "snapshots_restored": sum(bool(t.get("snapshot_restored")) for t in switch_back),
+        "snapshot_store": {"bytes": engine.snapshots.bytes, "entries": len(engine.snapshots),
+                           "evictions": engine.snapshots.evictions},
         "router_ms_with_own_embedding": round(median(route_own_s) * 1000, 3),
         "embed_one_message_ms": round(median(embed_s) * 1000, 3),
         "model_load_ms_at_start": round(engine.load_ms, 1),

@@ -34,6 +34,10 @@ class EngineConfig:
     max_message_chars: int = 8000
     # Tokens kept free for the reply when trimming history to fit n_ctx.
     reply_reserve_tokens: int = 512
+    # Memory for KV-cache snapshots per (conversation, persona adapter), so switching back
+    # to a persona pays only for the new tokens (personas.kvcache); 0 turns them off. A
+    # snapshot of a 1,000-token conversation is ~25 MB (SmolLM2) to ~40 MB (Gemma 3 270M).
+    kv_snapshot_mb: int = 512
 
     # -- backend = "openai" ------------------------------------------------------------
     # Base URL of the server's OpenAI API, e.g. http://127.0.0.1:8080/v1.

@@ -10,8 +10,10 @@ for its new tokens — `Timings.prompt_eval_tokens` shows whether that happened.
 
 Persona adapters (GGUF LoRA) are loaded once each with `llama_adapter_lora_init` and
 switched per generation with `llama_set_adapters_lora` — no model reload. The KV cache
-built under one adapter is wrong under another, so a switch resets the cached tokens and
-the next prompt is evaluated in full. A corrupt or mismatched adapter file is rejected
+built under one adapter is wrong under another, so a switch resets the cached tokens;
+but before the context moves to another (conversation, adapter) it is saved as a
+snapshot (`personas.kvcache`), and switching back restores it, so only the tokens since
+that persona's last turn are evaluated. A corrupt or mismatched adapter file is rejected
 at load (`adapter_errors` says why) and its persona answers prompt-only.
 
 `create_engine` picks the engine the settings ask for: this one, or `remote.OpenAIEngine`
@@ -33,6 +35,7 @@ from .catalog import GenerationParams
 from .config import EngineConfig
 from .errors import ModelNotFoundError
 from .generation import Generation, Timings
+from .kvcache import SnapshotStore, capture, restore
 from .models import TRANSCRIPT, chat_format, fingerprint, resolve_chat_model
 from .prompting import Rendered
 
@@ -113,6 +116,9 @@ class LlamaEngine:
         self.adapters: dict[str, LoadedAdapter] = {}
         self.adapter_errors: dict[str, str] = {}
         self._current_adapter: LoadedAdapter | None = None
+        self.snapshots = SnapshotStore(config.kv_snapshot_mb * 2**20)
+        # (session, adapter label) whose tokens the context holds; None when unknown.
+        self._owner: tuple | None = None
 
     # -- adapters -------------------------------------------------------------------------
     def load_adapter(self, version: AdapterVersion, scale: float = 1.0) -> LoadedAdapter:
@@ -151,7 +157,12 @@ class LlamaEngine:
                 with self._lock:
                     self.adapters.pop(persona, None)
                     self.adapter_errors[persona] = str(exc)
+        with self._lock:  # snapshots made under an adapter version no longer loaded are useless
+            self.snapshots.drop_where(lambda key: not self._label_loaded(key[1]))
         return {p: a.label for p, a in self.adapters.items()}
+
+    def _label_loaded(self, label: str) -> bool:
+        return not label or any(a.label == label for a in self.adapters.values())
 
     def _use_adapter(self, persona: str | None) -> bool:
         """Set the persona's adapter (or none) on the context; called under the lock.
@@ -176,6 +187,27 @@ class LlamaEngine:
         self.llm.reset()  # tokens cached under the old adapter must not be reused
         return True
 
+    def _enter(self, persona: str | None, session) -> tuple[bool, bool]:
+        """Make the context hold `session`'s tokens under `persona`'s adapter; called under
+        the lock. The context being left is kept as a snapshot; the target's snapshot, if
+        any, is restored. Returns (adapter switched, snapshot restored)."""
+        wanted = self.adapters.get(persona) if persona else None
+        key = (session, wanted.label if wanted else "") if session is not None else None
+        if key is not None and key == self._owner and wanted is self._current_adapter:
+            return False, False
+        if self._owner is not None and self.llm.n_tokens and self.snapshots.max_bytes \
+                and self._label_loaded(self._owner[1]):
+            self.snapshots.put(self._owner, capture(self.llm))
+        switched = self._use_adapter(persona)
+        restored = False
+        if key is not None:
+            snap = self.snapshots.get(key)
+            if snap is not None:
+                restore(self.llm, snap)
+                restored = True
+        self._owner = key
+        return switched, restored
+
     @property
     def n_ctx(self) -> int:
         return self.llm.n_ctx()
@@ -184,14 +216,15 @@ class LlamaEngine:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def stream_chat(
-        self, prompt: list[dict] | Rendered, params: GenerationParams, adapter: str | None = None
+        self, prompt: list[dict] | Rendered, params: GenerationParams, adapter: str | None = None, session=None
     ) -> Generation:
         """Stream a reply to role messages (through the model's chat template) or to a
         rendered prompt (`personas.prompting.Rendered`: a transcript is continued as plain
         text and stops at its speaker labels); `adapter` names the persona whose LoRA to
-        apply (None or a persona without a loaded adapter = the bare base model)."""
+        apply (None or a persona without a loaded adapter = the bare base model). `session`
+        (the conversation) keys the KV snapshots; None = no snapshot is kept or used."""
         timings = Timings()
-        return Generation(self._run(prompt, params, timings, adapter), timings)
+        return Generation(self._run(prompt, params, timings, adapter, session), timings)
 
     def _start(self, prompt: list[dict] | Rendered, params: GenerationParams):
         """The llama-cpp-python stream and how to take text out of its chunks."""
@@ -203,9 +236,10 @@ class LlamaEngine:
         stream = self.llm.create_chat_completion(messages=messages, stream=True, **kwargs)
         return stream, lambda chunk: chunk["choices"][0]["delta"].get("content")
 
-    def _run(self, prompt: list[dict] | Rendered, params: GenerationParams, timings: Timings, adapter: str | None) -> Iterator[str]:
+    def _run(self, prompt: list[dict] | Rendered, params: GenerationParams, timings: Timings, adapter: str | None,
+             session=None) -> Iterator[str]:
         with self._lock:
-            timings.adapter_switched = self._use_adapter(adapter)
+            timings.adapter_switched, timings.snapshot_restored = self._enter(adapter, session)
             timings.adapter = self._current_adapter.label if self._current_adapter else ""
             cached_before = list(self.llm._input_ids)  # tokens already in the KV cache
             started = time.perf_counter()

@@ -402,10 +402,11 @@ class OpenAIEngine:
     chat_format = CHAT
 
     def stream_chat(
-        self, messages: list[dict] | Rendered, params: GenerationParams, adapter: str | None = None
+        self, messages: list[dict] | Rendered, params: GenerationParams, adapter: str | None = None, session=None
     ) -> Generation:
         """Stream a reply; `adapter` names the persona whose server-side adapter to use
-        (None, or a persona the server has no adapter for = the bare base model)."""
+        (None, or a persona the server has no adapter for = the bare base model).
+        `session` is accepted for the engine interface; the server keeps its own cache."""
         timings = Timings()
         if isinstance(messages, Rendered):
             messages = messages.messages

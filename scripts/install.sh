@@ -52,7 +52,9 @@ case ",$EXTRAS," in
   # The browser test drives Debian's chromium through playwright (pinned in the dev extra);
   # the emoji font makes its screenshots show the verdict badges. Never `playwright
   # install`: no browser is downloaded (the pip package itself downloads none).
-  *,dev,*) apt_install chromium fonts-noto-color-emoji ;;
+  # Debian's fortunes (English, Russian) and hunspell-ru are the real text and the
+  # dictionary that the models benchmark and the multilingual tests measure on.
+  *,dev,*) apt_install chromium fonts-noto-color-emoji fortunes fortunes-ru hunspell hunspell-ru ;;
 esac
 if [ -n "${APT_EXTRA:-}" ]; then
   # shellcheck disable=SC2086

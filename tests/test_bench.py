@@ -18,7 +18,11 @@ from conftest import ALTEREGO, ROOT, cli_env
 # apart: their names carry the collection size).
 REQUIRED = [
     "chat_ttft", "chat_decode", "second_turn_ttft", "second_turn_prompt_eval", "second_turn_vs_cold",
-    "persona_switch_ttft", "adapter_switch", "ingest_scenes_per_s", "training_tokens_per_s",
+    "persona_switch_back_ttft", "persona_switch_back_vs_before", "persona_first_switch_ttft",
+    "adapter_switch", "ingest_scenes_per_s", "training_tokens_per_s",
+    # the models suite: Gemma 3 270M next to SmolLM2 (issue 12)
+    "bpc_ru", "bpc_en", "ttft", "decode", "fluency_ru", "russian_replies", "train_tokens_per_s",
+    "train_s_per_1000_chars",
 ]
 
 
@@ -27,10 +31,15 @@ def number(x) -> bool:
 
 
 @pytest.mark.slow
-def test_quick_bench_reports_every_figure_with_baseline_and_ratio(tmp_path, hf_base):
+def test_quick_bench_reports_every_figure_with_baseline_and_ratio(tmp_path, hf_base, gemma_hf_base):
     home = tmp_path / "home"
-    # The session's HF base is reused instead of materialising a second one.
+    # The session's HF bases are reused instead of materialising second ones: as the
+    # configured base, and in the data root's hf_base/ cache (where the models suite,
+    # which trains both models, looks them up by fingerprint).
     env = cli_env(home, ALTEREGO_TUNING_HF_BASE=str(hf_base))
+    (home / "hf_base").mkdir(parents=True)
+    for base in (hf_base, gemma_hf_base):
+        (home / "hf_base" / base.name).symlink_to(base, target_is_directory=True)
     proc = subprocess.run([*ALTEREGO, "bench", "--json", "--quick"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -25,7 +25,7 @@ import pytest
 
 from personas.adapters import AdapterLibrary
 from personas.catalog import GenerationParams
-from personas.models import TRANSCRIPT, chat_format, fingerprint, gemma_model, gguf_metadata, model_cache
+from personas.models import TRANSCRIPT, chat_format, gemma_model, gguf_metadata, model_cache
 from personas.prompting import Rendered, Script, transcript_stop, transcript_text
 from tuning.export import export_peft_to_gguf
 
@@ -92,10 +92,8 @@ def test_transcript_turns_reuse_the_kv_prefix_and_stop_at_the_next_label(service
 
 # -- training round trip ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def hf_base(gguf, tmp_path_factory):
-    from tuning.base import materialize_hf_base
-
-    return materialize_hf_base(gguf, tmp_path_factory.mktemp("gemma_base"), fingerprint(gguf))
+def hf_base(gemma_hf_base):
+    return gemma_hf_base
 
 
 @pytest.fixture(scope="module")

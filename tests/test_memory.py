@@ -148,7 +148,7 @@ def test_reply_cites_retrieved_scenes(service):
     service.memory.import_paths([IMPORT / "diary.txt"])
     seen = []
     original = service.engine.stream_chat
-    service.engine.stream_chat = lambda m, p, adapter=None: seen.append(m) or original(m, p, adapter=adapter)
+    service.engine.stream_chat = lambda m, p, adapter=None, session=None: seen.append(m) or original(m, p, adapter=adapter, session=session)
     try:
         result = service.send("Do you remember walking to the river after work when the ice went?", persona="me")
     finally:

@@ -19,7 +19,9 @@ SAMPLES = 3
 SAMPLE_TOKENS = 48
 
 
-def _encode(tokenizer, row: dict) -> tuple[list[int], int] | None:
+def encode_row(tokenizer, row: dict) -> tuple[list[int], int] | None:
+    """(token ids of prompt + completion, where the completion starts), as trl trains on
+    the row; None when the prompt's tokens are not a prefix of the whole."""
     prompt, completion = row["prompt"], row["completion"]
     if isinstance(prompt, str):  # transcript (base model): what trl trains on, EOS included
         head = tokenizer(prompt)["input_ids"]
@@ -45,7 +47,7 @@ def heldout_loss(model, tokenizer, rows: list[dict], max_length: int = 512) -> t
     model.eval()
     with torch.no_grad():
         for row in rows:
-            enc = _encode(tokenizer, row)
+            enc = encode_row(tokenizer, row)
             if enc is None:
                 continue
             ids, start = enc

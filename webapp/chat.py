@@ -142,7 +142,8 @@ class ChatService:
                 "switching here applies to the in-process engine only."
             )
         info = embedded_info(spec)
-        name = info.name if info else str(Path(spec).expanduser().resolve())
+        looks_like_path = os.sep in spec or spec.endswith(".gguf")
+        name = info.name if info else str(Path(spec).expanduser().resolve()) if looks_like_path else spec
         row = modelchoice.describe(name, self.settings.adapters_path)
         if not row["available"]:
             raise ModelNotFoundError(row["error"])
@@ -310,7 +311,7 @@ class ChatService:
         first_piece = None
         sources = [h.as_dict() for h in retrieval.hits]
         try:
-            generation = engine.stream_chat(messages, chosen.generation, adapter=chosen.name)
+            generation = engine.stream_chat(messages, chosen.generation, adapter=chosen.name, session=conversation_id)
             for piece in generation:
                 first_piece = first_piece or time.perf_counter()
                 reply += piece

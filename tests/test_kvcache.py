@@ -1,0 +1,100 @@
+"""KV-cache snapshots per (conversation, persona adapter), on the real model and real
+adapters: switching back to a persona restores its snapshot and evaluates only the new
+tokens, the restored state decodes exactly what a cold prefill decodes (greedy), and no
+snapshot ever serves another conversation or another adapter version."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from personas.adapters import AdapterLibrary
+from personas.catalog import GenerationParams
+from personas.config import EngineConfig
+from personas.engine import LlamaEngine
+from personas.kvcache import Snapshot, SnapshotStore
+from tuning.export import llama_dims, random_lora, write_gguf_lora
+
+GREEDY = GenerationParams(temperature=0.0, max_tokens=12, repeat_penalty=1.0)
+
+
+def convo(system: str, turns: list[str]) -> list[dict]:
+    msgs = [{"role": "system", "content": system}]
+    for i, t in enumerate(turns):
+        msgs.append({"role": "user" if i % 2 == 0 else "assistant", "content": t})
+    return msgs
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    work = tmp_path_factory.mktemp("kv")
+    engine = LlamaEngine(EngineConfig(n_ctx=2048))
+    layers, dims = llama_dims(engine.llm.metadata)
+    lib = AdapterLibrary(work / "adapters", engine.fingerprint)
+    for seed, persona in enumerate(("poet", "logician")):
+        gguf = write_gguf_lora(work / f"{persona}.gguf", random_lora(layers, dims, seed=seed), alpha=8)
+        lib.activate(persona, lib.add_version(persona, gguf).version)
+    engine.sync_adapters(lib)
+    engine.library = lib
+    yield engine
+    engine.llm.close()
+
+
+def cold(engine, prompt, adapter) -> str:
+    """The same generation from an empty cache with no snapshots at all."""
+    with engine._lock:
+        engine._use_adapter(adapter)
+        engine.llm.reset()
+        engine._owner = None
+    return engine.stream_chat(prompt, GREEDY, adapter=adapter).text()
+
+
+def test_switching_back_restores_the_snapshot_and_decodes_like_a_cold_prefill(engine):
+    long = "Tell me everything you know about rivers, lakes and the sea, in detail. " * 6
+    poet_1 = convo("You are the Poet.", [long])
+    engine.stream_chat(poet_1, GREEDY, adapter="poet", session=1).text()
+    logic = convo("You are the Logician.", [long, "a reply", "Is that valid?"])
+    gen = engine.stream_chat(logic, GREEDY, adapter="logician", session=1)
+    gen.text()
+    assert gen.timings.adapter_switched and not gen.timings.snapshot_restored
+    poet_2 = convo("You are the Poet.", [long, "a reply", "Is that valid?", "another", "And the sea?"])
+    back = engine.stream_chat(poet_2, GREEDY, adapter="poet", session=1)
+    restored_text = back.text()
+    assert back.timings.snapshot_restored
+    # Only the tokens after the poet's last turn were evaluated, not the whole prompt.
+    assert back.timings.prompt_eval_tokens < back.timings.prompt_tokens / 3
+    assert restored_text == cold(engine, poet_2, "poet")
+
+
+def test_a_snapshot_never_serves_another_conversation_or_adapter(engine):
+    a = convo("You are the Poet.", ["Conversation A speaks of apples and orchards, and nothing else at all."])
+    engine.stream_chat(a, GREEDY, adapter="poet", session="A").text()
+    engine.stream_chat(convo("You are the Logician.", ["x"]), GREEDY, adapter="logician", session="A").text()
+    assert ("A", "poet/v1") in engine.snapshots.keys()
+    b = convo("You are the Poet.", ["Conversation B speaks of trains and stations, and nothing else at all."])
+    gen = engine.stream_chat(b, GREEDY, adapter="poet", session="B")
+    text = gen.text()
+    assert not gen.timings.snapshot_restored  # B has no snapshot of its own; A's is not used
+    assert text == cold(engine, b, "poet")
+    # A new adapter version: the old version's snapshots are dropped and never restored.
+    lib = engine.library
+    layers, dims = llama_dims(engine.llm.metadata)
+    gguf = write_gguf_lora(lib.root / "poet2.gguf", random_lora(layers, dims, seed=9), alpha=8)
+    lib.activate("poet", lib.add_version("poet", gguf).version)
+    engine.sync_adapters(lib)
+    assert not any(k[1] == "poet/v1" for k in engine.snapshots.keys())
+    gen = engine.stream_chat(a, GREEDY, adapter="poet", session="A")
+    assert gen.text() == cold(engine, a, "poet") and not gen.timings.snapshot_restored
+
+
+def test_the_store_is_a_bounded_lru():
+    store = SnapshotStore(max_bytes=3000)
+    snap = lambda n: Snapshot(tokens=np.zeros(0, dtype=np.intc), state=b"x" * n)  # noqa: E731
+    store.put("a", snap(1000))
+    store.put("b", snap(1000))
+    assert store.get("a") is not None  # "a" is now the most recent
+    store.put("c", snap(1500))  # over budget: the least recently used ("b") goes
+    assert store.keys() == ["a", "c"] and store.bytes == 2500 and store.evictions == 1
+    store.put("huge", snap(5000))  # larger than the budget: not kept, nothing evicted for it
+    assert store.keys() == ["a", "c"]
+    assert SnapshotStore(0).get("a") is None
