@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -224,6 +225,24 @@ def test_a_person_imports_chats_approves_and_reloads(app, page):
         expect(rows.first).to_contain_text(edited_text)
         expect(rows.last.locator("[data-testid=bot]").first).to_contain_text(re.compile(r"^Poet · ✅ approved"))
         shot(page, "06-reloaded")
+
+        # 7. The Tuning tab shows its live overview; Settings switches the model to the
+        #    multilingual base, says which personas answer prompt-only, and the next
+        #    Russian message is answered by Gemma.
+        page.get_by_role("tab", name="Tuning").click()
+        expect(page.locator("#tuning-overview")).not_to_be_empty(timeout=60_000)
+        page.get_by_role("tab", name="Settings").click()
+        expect(page.locator("#model-table")).to_contain_text("gemma3-270m", timeout=60_000)
+        choose(page, "model-choice", re.compile("^gemma3-270m"))
+        page.locator("#model-use").click()
+        expect(page.locator("#model-status")).to_contain_text("Now answering with gemma3-270m", timeout=SLOW)
+        expect(page.locator("#model-status")).to_contain_text("Prompt-only until retrained")
+        shot(page, "07-model-switched")
+        page.get_by_role("tab", name="Chat").click()
+        choose(page, "persona", "Me")
+        send(page, "Привет! Как прошли выходные?", "Me")
+        expect(status).to_contain_text("model gemma-3-270m-q4_k_m.gguf")
+        shot(page, "08-gemma-replied")
         assert page.offsite == [], f"the page sent requests off this machine: {page.offsite}"
     except BaseException:
         if ARTIFACTS.is_dir():
@@ -236,10 +255,12 @@ def test_a_person_imports_chats_approves_and_reloads(app, page):
     journal = Journal(app.extra["home"] / "journal.sqlite3")
     try:
         [conversation] = journal.list_conversations()
-        me, poet = journal.turns(conversation.id)
+        me, poet, russian = journal.turns(conversation.id)
     finally:
         journal.close()
     assert (me.persona, me.user_text, me.feedback, me.edited_text) == ("me", question, "edited", edited_text)
     assert "diary.txt" in me.sources
     assert (poet.persona, poet.feedback, poet.edited_text) == ("poet", "approved", None)
+    assert russian.user_text == "Привет! Как прошли выходные?" and russian.status == "ok"
+    assert tomllib.loads((app.extra["home"] / "config.toml").read_text())["engine"]["model"] == "gemma3-270m"
 

@@ -18,6 +18,7 @@ so a numerics change reads as such, not as an export bug."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -168,8 +169,6 @@ def llama_greedy(engine, tokenizer, text: str, adapter: str | None) -> str:
 
 @pytest.mark.slow
 def test_gemma_lora_served_by_llama_cpp_answers_like_peft(peft_model, tokenizer, engine, served):
-    import json
-
     config = json.loads((served / "adapter_config.json").read_text())
     assert set(config["target_modules"]) == set(TARGETS)
     text = transcript_text(script(PROMPT))
@@ -220,3 +219,31 @@ def test_gemma_lora_logits_stay_at_the_quantisation_noise_level(peft_model, toke
     assert gap(peft, base) > 3 * noise, (noise, gap(peft, base))
     assert exported < 1.3 * noise, (noise, exported)
     assert permuted > 2 * exported, (exported, permuted)
+
+
+@pytest.mark.slow
+def test_train_me_on_gemma_promotes_an_adapter_that_llama_cpp_serves(service_factory, gemma_hf_base, tmp_path):
+    """`alterego train --persona me` on the Gemma base, through the real pipeline: a
+    Russian chat export (the Armenian radio jokes of Debian's fortunes-ru, the radio being
+    the user) becomes transcript pairs, trains, exports, beats the base on held-out pairs,
+    is promoted, and the running engine answers with it."""
+    from bench.corpora import armenian_radio_export
+    from conftest import tuning_config
+    from tuning.pipeline import train_persona
+
+    service = service_factory("gemma3-270m")
+    export = tmp_path / "radio.txt"
+    armenian_radio_export(export)
+    service.memory.import_paths([export], me=["Радио"])
+    config = tuning_config(gemma_hf_base, max_steps=8, learning_rate=1e-3, heldout_fraction=0.1)
+    outcome = train_persona(service.settings.home, config, service.catalog.get("me"), journal=service.journal,
+                            store=service.memory.store, library=service.adapters, model_path="gemma3-270m")
+    result = outcome.as_dict()
+    assert result["data"]["chat_format"] == TRANSCRIPT and result["data"]["pairs"] > 300
+    assert result["promoted"], result["reason"]
+    assert result["eval"]["candidate_loss"] < result["eval"]["base_loss"]
+    row = json.loads((outcome.run_dir / "train.jsonl").read_text().splitlines()[0])
+    assert row["prompt"].endswith("\nMe:") and row["completion"].startswith(" ")
+    service.refresh_adapters()
+    reply = service.send("Есть ли жизнь на Марсе?", persona="me")
+    assert reply.adapter == "me/v1" and re.search("[А-Яа-яЁё]{3,}", reply.reply), reply.reply

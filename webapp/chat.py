@@ -9,9 +9,10 @@ adapters are picked up on the next turn without a restart. The prompt is laid ou
 `personas.prompting`, in the model's chat format: chat template or, for a base model, a
 transcript) so that llama.cpp can reuse its KV cache between turns: the persona first,
 then the conversation's earlier turns rendered exactly as before (as typed, without their
-retrieved notes), then the new message with this turn's notes from memory. Only when the history no longer fits the context window
-are the oldest turns dropped (and the prefix changes). If memory is unavailable, the
-turn goes on without it and says so.
+retrieved notes), then the new message with this turn's notes from memory. Only when the
+history no longer fits the context window are the oldest turns dropped (and the prefix
+changes). If memory is unavailable, the turn goes on without it and says so. The base
+model can be switched at run time (`use_model`); adapters follow its fingerprint.
 """
 
 from __future__ import annotations

@@ -384,22 +384,26 @@ def build_app(service: ChatService):
     ui = ChatUI(service)
     with gr.Blocks(title="alterego") as app:
         gr.Markdown(INTRO)
-        with gr.Tab("Chat", id="chat-tab"):
+        with gr.Tab("Chat", id="chat-tab") as chat:
             refresh_conversations = chat_tab(ui)
         # Each page load lists the conversations as they are now: the dropdown's choices
         # are otherwise frozen at build time, so after a reload none started since the
         # server came up could be reopened.
         app.load(*refresh_conversations, api_name=False, show_progress="hidden")
-        with gr.Tab("Import", id="import-tab"):
+        with gr.Tab("Import", id="import-tab") as importing:
             import_tab(ui)
         with gr.Tab("Memory", id="memory-tab") as memory:
             refresh_memory = memory_tab(ui)
         memory.select(*refresh_memory, api_name=False)
-        with gr.Tab("Tuning", id="tuning-tab"):
-            tuning_tab(ui)
+        with gr.Tab("Tuning", id="tuning-tab") as tuning:
+            timer = tuning_tab(ui)
         with gr.Tab("Settings", id="settings-tab") as settings:
             refresh_settings = settings_tab(ui)
         settings.select(*refresh_settings, api_name=False)
+        # The Tuning tab's live view polls only while that tab is open.
+        tuning.select(lambda: gr.Timer(active=True), None, [timer], api_name=False, show_progress="hidden")
+        for other in (chat, importing, memory, settings):
+            other.select(lambda: gr.Timer(active=False), None, [timer], api_name=False, show_progress="hidden")
     return app
 
 
@@ -526,7 +530,9 @@ def memory_tab(ui: ChatUI) -> tuple:
     return refresh, None, [sources, pick]
 
 
-def tuning_tab(ui: "ChatUI") -> None:
+def tuning_tab(ui: "ChatUI") -> gr.Timer:
+    """The Tuning tab; returns its refresh timer, which build_app runs only while the tab
+    is open (a timer ticking in every open browser tab kept an idle app busy)."""
     gr.Markdown(
         "Each persona learns from the replies you approve. A background job retrains a persona when enough "
         "new approvals have gathered, and promotes the new adapter only if it beats the current one on "
@@ -551,9 +557,10 @@ def tuning_tab(ui: "ChatUI") -> None:
         return ui.tuning_overview(name), ui.loss_curve(name), ui.version_rows(name), ui.samples_text(name)
 
     outputs = [overview, curve, versions, samples]
-    timer = gr.Timer(2.0)
+    timer = gr.Timer(2.0, active=False)
     timer.tick(refresh, [persona], outputs, api_name=False, show_progress="hidden")
     persona.change(refresh, [persona], outputs, api_name=False)
     retrain.click(ui.retrain_now, [persona], [outcome], api_name=False)
     cancel.click(ui.cancel_run, None, [outcome], api_name=False)
     rollback.click(ui.rollback, [persona], [outcome], api_name=False).then(refresh, [persona], outputs, api_name=False)
+    return timer
