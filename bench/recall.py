@@ -7,7 +7,7 @@ module for how they are made and why they favour no method). In the same run, wi
 same embedder and the same token budget, three retrievals answer every question:
 
   (a) today's dense scenes: whole scenes by cosine (`memory.retrieval = "dense"`,
-      top_k = 4 per 300 tokens of budget);
+      top_k = 4 per 300 tokens of budget, as before within 300);
   (b) fixed windows of 4 messages, embedded into their own collection, ranked the same
       way: the simplest chunking there is, and the baseline of every figure;
   (c) hybrid retrieval as configured (`memory.retrieval = "hybrid"`, the defaults).
@@ -42,10 +42,15 @@ def found(evidence: str, hits) -> bool:
     return norm(evidence) in "\n".join(norm(h.text) for h in hits)
 
 
-def scaled(config, budget: int, **changes):
-    """The memory config at `budget` tokens: top_k grows with the budget (4 per 300
-    tokens for the dense rankings, the configured notes per default budget for hybrid)."""
-    return dataclasses.replace(config, context_tokens=budget, **changes)
+def dense_config(base, budget: int):
+    """Today's dense ranking at `budget` tokens: top_k = 4 per 300 tokens."""
+    return dataclasses.replace(base, retrieval="dense", context_tokens=budget, top_k=max(4, round(4 * budget / 300)))
+
+
+def hybrid_config(base, budget: int):
+    """The configured hybrid retrieval at `budget` tokens, its most notes scaled alike."""
+    top_k = max(4, round(base.top_k * budget / base.context_tokens))
+    return dataclasses.replace(base, retrieval="hybrid", context_tokens=budget, top_k=top_k)
 
 
 def _run(ws: Workspace, quick: bool) -> dict:
@@ -90,9 +95,8 @@ def _run(ws: Workspace, quick: bool) -> dict:
     retrieval_ms: list[float] = []
     for budget in budgets:
         ws.progress(f"recall: {len(questions)} questions at {budget} tokens")
-        dense_cfg = scaled(base, budget, retrieval="dense", top_k=max(4, round(4 * budget / 300)))
-        hybrid_cfg = scaled(base, budget, top_k=max(base.top_k, round(base.top_k * budget / base.context_tokens)))
-        hybrid = HybridRetriever(store, hybrid_cfg)
+        dense_cfg = dense_config(base, budget)
+        hybrid = HybridRetriever(store, hybrid_config(base, budget))
         hits = {"dense_scenes": 0, "fixed_windows": 0, "hybrid": 0}
         for q, v in zip(questions, qvecs):
             hits["dense_scenes"] += found(q.evidence, dense_for_turn(store, v, dense_cfg))
@@ -109,7 +113,7 @@ def _run(ws: Workspace, quick: bool) -> dict:
     service.send("warm up", persona="me")
     ttft: dict[int, dict] = {}
     for budget in budgets:
-        memory.config = scaled(base, budget, top_k=max(base.top_k, round(base.top_k * budget / base.context_tokens)))
+        memory.config = hybrid_config(base, budget)
         memory._hybrid = None  # the retriever holds the config it was made with
         turns = []
         for q in questions[: 1 if quick else 3]:
@@ -133,6 +137,12 @@ def _run(ws: Workspace, quick: bool) -> dict:
             "fixed windows of 4 messages, same embedder and budget", r["fixed_windows"], better="higher",
             label="dense scenes", baseline_label="fixed windows", questions=len(questions)),
     }
+    for budget in budgets:
+        if budget != default:
+            figures[f"recall_hybrid_{budget}"] = figure(
+                f"evidence recall in a turn's notes, hybrid, {budget} tokens", recall[budget]["hybrid"], "",
+                "fixed windows of 4 messages, same embedder and budget", recall[budget]["fixed_windows"],
+                better="higher", label="hybrid", baseline_label="fixed windows", questions=len(questions))
     for budget in budgets:
         if budget != budgets[0]:
             figures[f"recall_ttft_{budget}"] = figure(

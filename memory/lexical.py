@@ -35,6 +35,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# Bumped whenever `tokenize` changes what it makes of a text: rows written by another
+# version are re-made from Chroma at the next start (their terms would not match).
+TOKENIZER_VERSION = 2
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _CYRILLIC = re.compile(r"[\u0400-\u04ff]")
 
@@ -116,6 +119,7 @@ class LexicalIndex:
         CREATE INDEX IF NOT EXISTS scenes_at ON scenes (source, position);
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
         INSERT OR IGNORE INTO meta VALUES ('generation', 0);
+        INSERT OR IGNORE INTO meta VALUES ('tokenizer', 0);
     """
 
     def __init__(self, folder: Path, name: str = "scenes"):
@@ -128,6 +132,14 @@ class LexicalIndex:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(self.SCHEMA)
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            version = self.db.execute("SELECT value FROM meta WHERE key = 'tokenizer'").fetchone()[0]
+            if version != TOKENIZER_VERSION:  # emptied here, refilled by reconcile()
+                self.db.execute("DELETE FROM scenes")
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'tokenizer'", (TOKENIZER_VERSION,))
+                self._bump()
+            self.db.execute("COMMIT")
         # The in-memory model and the generation it was built from.
         self._built = -1
         self._bm25 = None
@@ -173,6 +185,11 @@ class LexicalIndex:
     # -- reads --------------------------------------------------------------------------
     def generation(self) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
+    @property
+    def built(self) -> int:
+        """The generation the in-memory BM25 model was built from (-1: none yet)."""
+        return self._built
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM scenes").fetchone()[0])

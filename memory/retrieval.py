@@ -2,22 +2,23 @@
 turn gets, within its token budget.
 
 Ranking fuses the dense ranking (Chroma, MiniLM cosine) with the lexical one (BM25,
-`memory.lexical`) by weighted reciprocal rank, `w / (rrf_k + rank)` per list; the
-weights favour BM25 because names, places and rare words carry the questions people ask
-about their past (measured: `alterego bench --only recall`). A message that names a
-person or a time (`memory.hints`) adds two more lists — the same searches restricted to
-that person's scenes or that time span — so matching scenes rise without the others
-being filtered away.
+`memory.lexical`) by weighted reciprocal rank, `w / (rrf_k + rank)` per list, into a
+pool of `candidates` scenes. A message that names a person or a time (`memory.hints`)
+adds the same searches restricted to that person's scenes or that time span, so their
+scenes join the pool without the others being filtered away.
 
-A turn gets *passages*, not whole scenes: around the best-matching line of each ranked
-scene (by the BM25 weight of the query's words in it) the passage grows a line at a
-time, forward first since an answer follows its question, up to `passage_tokens`; at a
-scene's edge it runs on into the scene before or after when the two were cut apart by
-size alone (same conversation, no long silence). Lines already taken are not paid for
-twice: passages that touch merge into one note. Scenes pass only if they are relevant
-(cosine ≥ `min_score`, or the scene holds most of the query's weight in words), so
-small talk pulls in nothing. With `retrieval = "dense"` the turn gets today's ranking:
-whole scenes by cosine alone (kept for comparison in the benchmark)."""
+A turn gets *passages*, not whole scenes: every line of every pooled scene is the centre
+of a window (`passage_before`/`passage_after` lines around it), scored by `Scorer` — the
+share of the query's BM25 word weight the window holds, plus the scene's cosine, plus
+bonuses for the named person's lines and the named time — and the best windows fill the
+budget. A window runs on into the scene before or after when the two were cut apart by
+size alone (same conversation, no long silence), so the reply next to a matching line
+comes along even when it is stored in the next scene. Lines already taken are not paid
+for twice: windows that touch merge into one note. A pooled scene takes part only if it
+is relevant (cosine ≥ `min_score`, or it holds `lexical_gate` of the query's word
+weight), so small talk pulls in nothing. Measured, not assumed: `alterego bench --only
+recall`. With `retrieval = "dense"` a turn gets the older ranking: whole scenes by
+cosine alone (kept for comparison)."""
 
 from __future__ import annotations
 
@@ -66,15 +67,15 @@ class HybridRetriever:
         if lexical is None:
             return parse_hints(query)
         lexical.refresh()
-        if self._names[0] != lexical._built:
-            self._names = (lexical._built, speaker_names(lexical.speakers))
+        if self._names[0] != lexical.built:
+            self._names = (lexical.built, speaker_names(lexical.speakers))
             self._masks = {}
         return parse_hints(query, self._names[1])
 
     def _speaker_mask(self, names: set[str]) -> np.ndarray:
         key = frozenset(names)
         if key not in self._masks:
-            self._masks[key] = np.array([any(n in s for n in names) for s in self.store.lexical.speakers], dtype=bool)
+            self._masks[key] = np.array([bool(key & set(s.split(", "))) for s in self.store.lexical.speakers], dtype=bool)
         return self._masks[key]
 
     def rank(self, vector: np.ndarray, query: str, n: int) -> tuple[list[Candidate], list[str], Hints]:

@@ -126,6 +126,13 @@ def test_bm25_index_rebuilt_when_missing_and_repaired_after_a_crash(service):
     third = open_memory(service)
     assert lexical_ids(third) == chroma_ids(third) == before - set(gone)
 
+    # Rows made by another version of the tokenizer are made again.
+    third.store.lexical.db.execute("UPDATE meta SET value = 1 WHERE key = 'tokenizer'")
+    third.store.lexical.db.execute("UPDATE scenes SET tokens = 'stale'")
+    fourth = open_memory(service)
+    assert lexical_ids(fourth) == chroma_ids(fourth)
+    assert "stale" not in {r[0] for r in fourth.store.lexical.db.execute("SELECT tokens FROM scenes")}
+
 
 def big_notes(path: Path, sections: int) -> Path:
     """A Markdown diary with one scene per heading (every heading starts a new scene)."""
