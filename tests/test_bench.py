@@ -19,6 +19,8 @@ from conftest import ALTEREGO, ROOT, cli_env
 REQUIRED = [
     "chat_ttft", "chat_decode", "second_turn_ttft", "second_turn_prompt_eval", "second_turn_vs_cold",
     "persona_switch_ttft", "adapter_switch", "ingest_scenes_per_s", "training_tokens_per_s",
+    # issue 13: evidence recall of hybrid and of today's dense scenes, vs fixed windows
+    "recall_hybrid", "recall_dense_scenes",
 ]
 
 
