@@ -1,22 +1,15 @@
 """The recall benchmark's data: real chats from the Chit-Chat Challenge dataset (BYU PCC
-lab, MIT licence, shipped inside the PyPI package `chitchat-dataset`: 7,168 English
-conversations between real people, typed in 2018), written out as WhatsApp exports of
-one person's chat history, plus questions whose evidence message is known.
-
-One sender of the dataset plays "me": each of their partners becomes one WhatsApp chat
-file holding all their conversations with that partner, in time order (so files are
-multi-session, like a real export). Senders are anonymous ids in the dataset; they get
-first names from a fixed list, in order of first appearance.
-
-The dataset has no questions about its conversations, so they are made mechanically and
-without looking at any retrieval method: a question is a real message that asks
-something (contains "?", at least 6 words) and ends its speaker's turn; its evidence is
-the reply that follows (the other speaker's next message, at least 5 words, occurring
-once in the corpus). The question is *held out*: removed from the export before import,
-so it is not in memory and only what surrounds it is. At most two questions per
-conversation, not next to each other, drawn with a fixed seed. Two people are used: DEV
-(for tuning retrieval, never reported as the result) and TEST (the person the benchmark
-reports)."""
+lab, MIT licence, inside the PyPI package `chitchat-dataset`: 7,168 English conversations
+between real people, typed in 2018), written as WhatsApp exports of one person's chat
+history — one file per partner holding all their conversations in time order, senders
+(anonymous ids) named from a fixed list — plus questions whose evidence is known. The
+dataset has no questions, so they are made mechanically, without looking at any
+retrieval method: a question is a real message that asks something (has "?", ≥ 6
+words) and ends its speaker's turn; its evidence is the reply that follows (the other
+speaker's next message, ≥ 5 words, once in the corpus); the question is held out of the
+export, so only what surrounds it is in memory. At most two per conversation, not next
+to each other, fixed seed. Two people are used: DEV for tuning retrieval (never
+reported) and TEST, whom the benchmark reports; they share no conversation."""
 
 from __future__ import annotations
 
@@ -137,7 +130,6 @@ def build(sender: str, *, conversations: int | None = None, questions: int = 400
     chosen = set(rng.sample(picks, min(questions, len(picks))))
 
     corpus = Corpus(me="Sam")
-    by_partner: dict[str, list[tuple[float, list[str], list]]] = defaultdict(list)
     for _, cid in mine:
         msgs = flat[cid]
         partner = next(w for w, _, _ in msgs if w != sender) if any(w != sender for w, _, _ in msgs) else sender

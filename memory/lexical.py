@@ -1,22 +1,17 @@
-"""The lexical half of scene memory: a BM25 index over scene text (bm25s), kept beside
-the Chroma collection and in step with it.
-
-Why: MiniLM is English-first and blurs names, places and rare words — exactly what
-questions about one's own past turn on — while BM25 matches them in any language.
-Tokens are Unicode words (Cyrillic and every other script kept), lower-cased, `ё` folded
-to `е`, English and Russian stop words dropped, and stemmed with Snowball by script
-(English for Latin words; for Cyrillic ones the Russian stem cut to five letters), so
-"поездке" finds "поездка" and "Булгакова" finds "Булгаков".
-
-Storage: one SQLite file per collection under `<data root>/lexical/`, a row per scene
-(id, source, position, conversation, timestamp, speakers, import id, tokens). It is the
-persisted index, written in the same calls that write Chroma (`SceneStore`), and it also
-answers "which scene comes before/after this one" for the context around a hit. Every
-write bumps a generation number. The BM25 matrix itself is derived: built from the
-token rows on first use after a change and saved as a snapshot named after its
-generation, so another process (the app, after a CLI import) loads it instead of
-rebuilding. Chroma stays the source of truth: `reconcile` repairs the table from it when
-the two disagree (a file deleted, a crash between the two writes)."""
+"""The lexical half of scene memory: a BM25 index (bm25s) over scene text, kept beside the
+Chroma collection and in step with it, because MiniLM blurs names, places, rare words
+and non-English text, which BM25 matches in any script. Terms are Unicode words,
+lower-cased, `ё` folded to `е`, English and Russian stop words dropped, stemmed with
+Snowball by script (English for Latin words; for Cyrillic ones the Russian stem cut to
+five letters, so "поездке" finds "поездка" and "Булгакова" finds "Булгаков"). The index
+is one SQLite file per collection under `<data root>/lexical/` — a row per scene (id,
+source, position, conversation, timestamp, speakers, import id, terms), written in the
+same calls as Chroma (`SceneStore`), also answering which scene comes before or after a
+hit; every write bumps a generation number. The BM25 matrix is derived from the rows on
+first use after a change and saved as a snapshot named after its generation, so another
+process loads it instead of rebuilding. Chroma stays the source of truth: `reconcile`
+repairs the rows from it when the two disagree (a lost folder, a crash between the two
+writes, another tokenizer version)."""
 
 from __future__ import annotations
 
@@ -28,7 +23,6 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,18 +80,6 @@ class _Tokenizer:
 
 
 tokenize = _Tokenizer()
-
-
-@dataclass
-class SceneRow:
-    """What the lexical table knows of a scene besides its terms."""
-
-    id: str
-    source: str
-    position: int | None
-    conversation: str
-    timestamp: float | None
-    speakers: str
 
 
 def _row_values(scene_id: str, text: str, meta: dict) -> tuple:

@@ -1,24 +1,18 @@
-"""Hybrid retrieval: which scenes a message is about, and which of their lines a chat
-turn gets, within its token budget.
-
-Ranking fuses the dense ranking (Chroma, MiniLM cosine) with the lexical one (BM25,
-`memory.lexical`) by weighted reciprocal rank, `w / (rrf_k + rank)` per list, into a
-pool of `candidates` scenes. A message that names a person or a time (`memory.hints`)
-adds the same searches restricted to that person's scenes or that time span, so their
-scenes join the pool without the others being filtered away.
-
-A turn gets *passages*, not whole scenes: every line of every pooled scene is the centre
-of a window (`passage_before`/`passage_after` lines around it), scored by `Scorer` — the
-share of the query's BM25 word weight the window holds, plus the scene's cosine, plus
-bonuses for the named person's lines and the named time — and the best windows fill the
-budget. A window runs on into the scene before or after when the two were cut apart by
-size alone (same conversation, no long silence), so the reply next to a matching line
-comes along even when it is stored in the next scene. Lines already taken are not paid
-for twice: windows that touch merge into one note. A pooled scene takes part only if it
-is relevant (cosine ≥ `min_score`, or it holds `lexical_gate` of the query's word
-weight), so small talk pulls in nothing. Measured, not assumed: `alterego bench --only
-recall`. With `retrieval = "dense"` a turn gets the older ranking: whole scenes by
-cosine alone (kept for comparison)."""
+"""Hybrid retrieval: which scenes a message is about, and which of their lines a chat turn
+gets within its token budget. Ranking fuses the dense ranking (Chroma, MiniLM cosine)
+with the lexical one (BM25, `memory.lexical`) by weighted reciprocal rank into a pool of
+`candidates` scenes; a message naming a person or a time (`memory.hints`) adds the same
+searches restricted to them, so their scenes join the pool without others being
+filtered away. A turn then gets passages, not whole scenes: every line of every pooled
+scene is the centre of a window of `passage_before`/`passage_after` lines, scored by
+`Scorer` (the share of the query's BM25 word weight the window holds, plus the scene's
+cosine, plus bonuses for the named person's lines and time), and the best windows fill
+the budget. A window runs on into the scene before or after when the two were cut apart
+by size alone, so a reply stored in the next scene comes along; windows that touch merge
+into one note, so no line is paid for twice; only relevant scenes take part (cosine ≥
+`min_score`, or `lexical_gate` of the query's word weight), so small talk pulls in
+nothing. Measured, not assumed: `alterego bench --only recall`. `retrieval = "dense"`
+keeps the older ranking (whole scenes by cosine alone) for comparison."""
 
 from __future__ import annotations
 

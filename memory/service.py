@@ -130,8 +130,15 @@ class SceneMemory:
         try:
             return self.ingestor.import_paths(paths, me=me, source_names=source_names, progress=progress)
         finally:
-            # Build (and snapshot) the BM25 model now, so the next turn does not pay for it.
+            self._refresh_lexical()
+
+    def _refresh_lexical(self) -> None:
+        """Build (and snapshot) the BM25 model after a change, so the next turn does not
+        pay for it; if that fails, the next search builds it."""
+        try:
             self.store.lexical.refresh()
+        except Exception as exc:  # noqa: BLE001 — never costs the import or forget that came before
+            log.warning("BM25 index not rebuilt now: %s", exc)
 
     def _call(self, fn):
         """Run a store operation. Against a Chroma server, a failure drops the client and
@@ -179,7 +186,7 @@ class SceneMemory:
     def forget(self, name: str) -> tuple[str, int]:
         source = self.resolve_source(name)
         removed = self._call(lambda store: store.delete_where({"source": source}))
-        self.store.lexical.refresh()  # pay for the BM25 rebuild here, not in the next turn
+        self._refresh_lexical()
         return source, removed
 
     def _retriever(self, store: SceneStore) -> HybridRetriever:
