@@ -4,8 +4,8 @@ For collections of 10k and 100k scenes (1k and 5k with --quick) it measures:
   - embed + Chroma query latency for one message (the query a turn makes: top_k * 2);
   - chat turns through ChatService against that collection, each from an empty KV cache
     (so every turn pays its whole prompt, retrieved notes included): the time spent in
-    retrieval (embed + query, as the turn itself measures it) as a share of the turn's
-    time to first token.
+    retrieval (embed, dense + BM25 search, fusion and passages, as the turn itself
+    measures it) as a share of the turn's time to first token.
 The collections hold real embeddings of the ingest suite's scenes plus small noise:
 embedding 100k scenes would take ~10 minutes and measure nothing new, since search cost
 depends on the collection's size, not on where its vectors came from.
@@ -55,6 +55,7 @@ def _run(ws: Workspace, quick: bool) -> dict:
                       [{"source": "bench", "source_kind": "whatsapp"}] * n)
             filled += n
         store.query(embedder.encode_one("warm up"), k)  # the first query after inserts loads the index
+        store.lexical.refresh()  # the BM25 model is rebuilt after an import, not in the next turn
 
         ws.progress(f"retrieval: embed + query, and chat turns, at {target:,} scenes")
         embed_ms, search_ms = [], []

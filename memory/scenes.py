@@ -46,6 +46,7 @@ class Scene:
     conversation: str = ""
     heading: str = ""
     me_speaker: str = ""
+    continues: bool = False  # cut from the scene before it by the token budget alone
     _text: str | None = None
 
     @property
@@ -81,6 +82,9 @@ class Scene:
             "heading": self.heading,
             "language": detect_language(self.text),
             "import_id": import_id,
+            # Retrieval joins a hit with the scene before/after it only across such cuts,
+            # never across a new heading, conversation or a long silence.
+            "continues": self.continues,
         }
         if self.timestamp is not None:
             meta["timestamp"] = float(self.timestamp)
@@ -125,6 +129,7 @@ def cut_scenes(
     tokens = 0
     last_ts: float | None = None
     last_speaker: str | None = None
+    continues = False
 
     def fresh(utt: Utterance) -> Scene:
         return Scene(
@@ -157,8 +162,10 @@ def cut_scenes(
                 yield scene
                 position += 1
                 scene = None
+                continues = not boundary
             if scene is None:
                 scene, tokens = fresh(utt), 0
+                scene.continues = continues
                 same_turn = False
                 line = part if prose or not utt.speaker else f"{utt.speaker}: {part}"
                 cost = estimate_tokens(line)

@@ -1,6 +1,7 @@
 """`SceneMemory`: the one object the rest of the app uses for scene memory — import
 files, search, forget a source, and retrieve the scenes that matter for a chat turn.
-It composes the embedder, the Chroma store and the journal, opening each lazily so a
+It composes the embedder, the Chroma store (with its BM25 index under
+`<data root>/lexical`), the hybrid retriever and the journal, opening each lazily so a
 process that never touches memory never loads sentence-transformers or ChromaDB."""
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from .embedder import Embedder
 from .errors import MemoryUserError, StoreUnavailableError
 from .journal import Journal
 from .recovery import rollback_dead_imports
-from .scenes import estimate_tokens, my_lines
+from .scenes import my_lines
+from .retrieval import HybridRetriever, dense_for_turn
 from .store import Hit, SceneStore
 
 if typing.TYPE_CHECKING:  # the ingest chain (importers, ftfy, ijson) loads on first import only
@@ -50,6 +52,7 @@ class SceneMemory:
         self._embedder: Embedder | None = embedder
         self._store: SceneStore | None = None
         self._ingestor: Ingestor | None = None
+        self._hybrid: HybridRetriever | None = None
 
     @property
     def embedder(self) -> Embedder:
@@ -62,10 +65,17 @@ class SceneMemory:
     def store(self) -> SceneStore:
         with self._lock:
             if self._store is None:
-                store = SceneStore(self.home / "chroma", self.config.chroma_url, self.config.collection)
+                if self.config.retrieval not in ("hybrid", "dense"):
+                    raise MemoryUserError(f"memory.retrieval must be 'hybrid' or 'dense', not {self.config.retrieval!r}")
+                store = SceneStore(self.home / "chroma", self.config.chroma_url, self.config.collection,
+                                   lexical=self.home / "lexical")
                 # Scenes of an import killed mid-way must never be searched or retrieved:
                 # roll such imports back before anyone sees the store (memory.recovery).
                 rollback_dead_imports(self.journal, store)
+                # The BM25 index follows Chroma: rebuilt when missing, repaired after a crash
+                # between the two writes or an import by another replica (server mode).
+                if store.lexical.count() != store.count():
+                    store.lexical.reconcile(store)
                 self._store = store
             return self._store
 
@@ -117,7 +127,18 @@ class SceneMemory:
         source_names: dict[Path, str] | None = None,
         progress: "Progress | None" = None,
     ) -> "ImportSummary":
-        return self.ingestor.import_paths(paths, me=me, source_names=source_names, progress=progress)
+        try:
+            return self.ingestor.import_paths(paths, me=me, source_names=source_names, progress=progress)
+        finally:
+            self._refresh_lexical()
+
+    def _refresh_lexical(self) -> None:
+        """Build (and snapshot) the BM25 model after a change, so the next turn does not
+        pay for it; if that fails, the next search builds it."""
+        try:
+            self.store.lexical.refresh()
+        except Exception as exc:  # noqa: BLE001 — never costs the import or forget that came before
+            log.warning("BM25 index not rebuilt now: %s", exc)
 
     def _call(self, fn):
         """Run a store operation. Against a Chroma server, a failure drops the client and
@@ -164,38 +185,43 @@ class SceneMemory:
 
     def forget(self, name: str) -> tuple[str, int]:
         source = self.resolve_source(name)
-        return source, self._call(lambda store: store.delete_where({"source": source}))
+        removed = self._call(lambda store: store.delete_where({"source": source}))
+        self._refresh_lexical()
+        return source, removed
+
+    def _retriever(self, store: SceneStore) -> HybridRetriever:
+        # One per store (it caches speaker names and masks); a reopened store gets a new one.
+        with self._lock:
+            if self._hybrid is None or self._hybrid.store is not store:
+                self._hybrid = HybridRetriever(store, self.config)
+            return self._hybrid
 
     # -- search ---------------------------------------------------------------------------
     def search(self, query: str, k: int = 5) -> list[Hit]:
         if not query.strip():
             raise MemoryUserError("The search query is empty.")
         vector = self.embedder.encode_one(query)
-        return self._call(lambda store: store.query(vector, k))
+        if self.config.retrieval == "dense":
+            return self._call(lambda store: store.query(vector, k))
+        return self._call(lambda store: self._retriever(store).search(vector, query, k))
 
     def retrieve(self, message: str, recent: list[str] | None = None) -> Retrieval:
-        """Scenes for one chat turn: query = the message plus a little recent context,
-        keep those above `min_score`, best first, within `context_tokens`."""
+        """What one chat turn gets from memory: query = the message plus a little recent
+        context; hybrid passages (memory.retrieval), or with `retrieval = "dense"` the
+        scenes above `min_score`, best first, within `context_tokens`."""
         cfg = self.config
         query = "\n".join([*(recent or [])[-1:], message])
         try:
             if self._call(lambda store: store.count()) == 0:
                 return Retrieval()  # nothing imported yet: don't load the embedder for nothing
             vector = self.embedder.encode_one(query)
-            candidates = self._call(lambda store: store.query(vector, cfg.top_k * 2))
+            if cfg.retrieval == "hybrid":
+                kept = self._call(lambda store: self._retriever(store).for_turn(vector, query))
+            else:
+                kept = self._call(lambda store: dense_for_turn(store, vector, cfg))
         except Exception as exc:  # noqa: BLE001 — a broken store must not break the chat
             log.warning("memory unavailable for this turn: %s", exc)
             return Retrieval(error=f"memory unavailable: {exc}")
-        kept: list[Hit] = []
-        used = 0
-        for hit in candidates:
-            if hit.score < cfg.min_score or len(kept) >= cfg.top_k:
-                continue
-            cost = estimate_tokens(hit.text)
-            if used + cost > cfg.context_tokens:
-                continue
-            kept.append(hit)
-            used += cost
         style = []
         for hit in kept:
             if hit.meta.get("is_me") or hit.meta.get("me_speaker"):

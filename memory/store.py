@@ -3,7 +3,12 @@ embeddings and metadata (source, source kind, speaker, is_me, timestamp, positio
 conversation, heading, language, import id). By default a `PersistentClient` under
 `ALTEREGO_HOME/chroma`; with `memory.chroma_url` set, an `HttpClient` to a Chroma server.
 We always pass our own embeddings: Chroma's default embedding function would try to
-download a model, so the collection is created without one."""
+download a model, so the collection is created without one. Given a `lexical` folder,
+every add and delete also goes to the BM25 index there (`memory.lexical`), Chroma first:
+a crash in between leaves at most scenes of a still-`running` import in Chroma alone
+(rolled back from both by `memory.recovery`) or deleted scenes in the lexical table
+alone (dropped by `LexicalIndex.reconcile`, and never returned meanwhile, since hits are
+read back from Chroma)."""
 
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ class Hit:
             "source": self.source,
             "source_kind": self.meta.get("source_kind", ""),
             "speaker": self.speaker,
+            "speakers": self.meta.get("speakers", ""),
             "is_me": bool(self.meta.get("is_me", False)),
             "timestamp": self.meta.get("timestamp"),
             "conversation": self.meta.get("conversation", ""),
@@ -52,7 +58,8 @@ class Hit:
 
 
 class SceneStore:
-    def __init__(self, path: Path | None = None, url: str = "", collection: str = "scenes"):
+    def __init__(self, path: Path | None = None, url: str = "", collection: str = "scenes",
+                 lexical: Path | None = None):
         import chromadb
 
         settings = chromadb.Settings(anonymized_telemetry=False)
@@ -76,6 +83,11 @@ class SceneStore:
             where = url or str(path)
             raise StoreUnavailableError(f"Cannot open the scene store at {where}: {exc}") from None
         self.max_batch = min(self.client.get_max_batch_size(), 1024)
+        self.lexical = None
+        if lexical is not None:
+            from .lexical import LexicalIndex
+
+            self.lexical = LexicalIndex(lexical, collection)
 
     def count(self) -> int:
         return self.collection.count()
@@ -91,6 +103,8 @@ class SceneStore:
             self.collection.add(
                 ids=ids[sl], embeddings=embeddings[sl], documents=documents[sl], metadatas=metadatas[sl]
             )
+            if self.lexical is not None:
+                self.lexical.add(ids[sl], documents[sl], metadatas[sl])
 
     def ids_where(self, where: dict) -> list[str]:
         return self.collection.get(where=where, include=[])["ids"]
@@ -99,7 +113,31 @@ class SceneStore:
         ids = list(ids)
         for i in range(0, len(ids), self.max_batch):
             self.collection.delete(ids=ids[i : i + self.max_batch])
+            if self.lexical is not None:
+                self.lexical.delete(ids[i : i + self.max_batch])
         return len(ids)
+
+    def all_ids(self) -> set[str]:
+        out: set[str] = set()
+        offset, page = 0, 5000
+        while True:
+            got = self.collection.get(include=[], limit=page, offset=offset)["ids"]
+            out.update(got)
+            if len(got) < page:
+                return out
+            offset += page
+
+    def get(self, ids: list[str], embeddings: bool = False) -> dict[str, tuple[str, dict, np.ndarray | None]]:
+        """id → (text, metadata, embedding or None) for the ids that exist."""
+        if not ids:
+            return {}
+        include = ["documents", "metadatas"] + (["embeddings"] if embeddings else [])
+        got = self.collection.get(ids=list(ids), include=include)
+        vecs = got.get("embeddings") if embeddings else None
+        return {
+            i: (d, m or {}, None if vecs is None else np.asarray(vecs[n], dtype=np.float32))
+            for n, (i, d, m) in enumerate(zip(got["ids"], got["documents"], got["metadatas"]))
+        }
 
     def delete_where(self, where: dict) -> int:
         return self.delete_ids(self.ids_where(where))

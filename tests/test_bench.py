@@ -23,6 +23,8 @@ REQUIRED = [
     # the models suite: Gemma 3 270M next to SmolLM2 (issue 12)
     "bpc_ru", "bpc_en", "ttft", "decode", "fluency_ru", "russian_replies", "train_tokens_per_s",
     "train_s_per_1000_chars",
+    # issue 13: evidence recall of hybrid and of today's dense scenes, vs fixed windows
+    "recall_hybrid", "recall_dense_scenes",
 ]
 
 

@@ -38,9 +38,11 @@ def sources_message(sources: list[dict]) -> dict | None:
 
     lines = []
     for src in sources:
+        # When and who: the passage's date and time, and everyone who speaks in it.
         ts = src.get("timestamp")
-        date = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d") if ts and ts > 1e8 else ""
-        meta = " · ".join(x for x in (Path(src["source"]).name, src.get("speaker", ""), date) if x)
+        date = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M") if ts and ts > 1e8 else ""
+        who = src.get("speakers") or src.get("speaker", "")
+        meta = " · ".join(x for x in (Path(src["source"]).name, who, date) if x)
         snippet = " ".join(src["text"].split())
         snippet = snippet if len(snippet) <= 220 else snippet[:219] + "…"
         lines.append(f"- **{meta}** (score {src['score']:.2f})  \n  {snippet}")

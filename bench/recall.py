@@ -1,0 +1,174 @@
+"""Recall benchmark: does what a chat turn retrieves contain the evidence for a question?
+
+Data (`bench.chitchat`): one real person's chat history from the Chit-Chat Challenge
+dataset, written as WhatsApp exports and imported through the real importer; questions
+are held-out real messages, the evidence is the reply that followed each (see that
+module for how they are made and why they favour no method). In the same run, with the
+same embedder and the same token budget, three retrievals answer every question:
+
+  (a) today's dense scenes: whole scenes by cosine (`memory.retrieval = "dense"`,
+      top_k = 4 per 300 tokens of budget, as before within 300);
+  (b) fixed windows of 4 messages, embedded into their own collection, ranked the same
+      way: the simplest chunking there is, and the baseline of every figure;
+  (c) hybrid retrieval as configured (`memory.retrieval = "hybrid"`, the defaults).
+
+Recall = the share of questions whose evidence message appears whole in the text the
+turn would get. Measured at 300, 600 and 1,000 tokens (300 and 600 with --quick), with
+the time to first token of chat turns at each budget (empty KV cache, the notes in the
+prompt), so a budget can be chosen by what it buys and what it costs.
+
+Usage: .venv/bin/python -m bench.recall [--json] [--quick]
+Writes $ALTEREGO_HOME/bench/recall.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from bench.common import Progress, Workspace, figure, median, no_progress, run_suite, suite_main, write_fixed_personas
+
+BUDGETS = (300, 600, 1000)
+QUICK_BUDGETS = (300, 600)
+
+
+def norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def found(evidence: str, hits) -> bool:
+    return norm(evidence) in "\n".join(norm(h.text) for h in hits)
+
+
+def dense_config(base, budget: int):
+    """Today's dense ranking at `budget` tokens: top_k = 4 per 300 tokens."""
+    return dataclasses.replace(base, retrieval="dense", context_tokens=budget, top_k=max(4, round(4 * budget / 300)))
+
+
+def hybrid_config(base, budget: int):
+    """The configured hybrid retrieval at `budget` tokens, its most notes scaled alike."""
+    top_k = max(4, round(base.top_k * budget / base.context_tokens))
+    return dataclasses.replace(base, retrieval="hybrid", context_tokens=budget, top_k=top_k)
+
+
+def _run(ws: Workspace, quick: bool) -> dict:
+    from bench.chitchat import TEST_SENDER, build, fixed_windows
+    from memory.journal import Journal
+    from memory.retrieval import HybridRetriever, dense_for_turn
+    from memory.service import SceneMemory
+    from webapp.chat import ChatService
+
+    budgets = QUICK_BUDGETS if quick else BUDGETS
+    ws.progress("recall: building the chat history and its questions")
+    corpus = build(TEST_SENDER, conversations=30 if quick else None, questions=60 if quick else 400)
+    settings = ws.settings("recall")
+    files = corpus.write(settings.home / "exports")
+    journal = Journal(settings.journal_path)
+    memory = SceneMemory(settings.memory, settings.home, journal, embedder=ws.embedder)
+    embedder = ws.embedder
+
+    ws.progress(f"recall: importing {len(files)} chats, {len(corpus.messages):,} messages")
+    t0 = time.perf_counter()
+    summary = memory.import_paths(files, me=[corpus.me]).as_dict()
+    import_s = time.perf_counter() - t0
+    store = memory.store
+
+    ws.progress("recall: embedding fixed windows of 4 messages")
+    windows = fixed_windows(corpus, 4)
+    wstore = SceneMemory(dataclasses.replace(settings.memory, collection="windows"), settings.home, journal,
+                         embedder=embedder).store
+    texts = [t for _, t in windows]
+    vecs = embedder.encode(texts)
+    wstore.add([f"w{i}" for i in range(len(windows))], vecs, texts,
+               [{"source": f, "source_kind": "whatsapp", "position": i} for i, (f, _) in enumerate(windows)])
+
+    # A question counts only if its evidence survived import (a message the importer
+    # reads as a media placeholder does not): the same questions for all three.
+    docs = "\n".join(norm(d) for d in store.collection.get(include=["documents"])["documents"])
+    questions = [q for q in corpus.questions if norm(q.evidence) in docs]
+    qvecs = embedder.encode([q.text for q in questions])
+
+    base = settings.memory
+    recall: dict[int, dict[str, float]] = {}
+    retrieval_ms: list[float] = []
+    for budget in budgets:
+        ws.progress(f"recall: {len(questions)} questions at {budget} tokens")
+        dense_cfg = dense_config(base, budget)
+        hybrid = HybridRetriever(store, hybrid_config(base, budget))
+        hits = {"dense_scenes": 0, "fixed_windows": 0, "hybrid": 0}
+        for q, v in zip(questions, qvecs):
+            hits["dense_scenes"] += found(q.evidence, dense_for_turn(store, v, dense_cfg))
+            hits["fixed_windows"] += found(q.evidence, dense_for_turn(wstore, v, dense_cfg))
+            t = time.perf_counter()
+            got = hybrid.for_turn(v, q.text)
+            retrieval_ms.append((time.perf_counter() - t) * 1000)
+            hits["hybrid"] += found(q.evidence, got)
+        recall[budget] = {k: round(n / len(questions), 4) for k, n in hits.items()}
+
+    ws.progress("recall: chat turns at each budget (time to first token)")
+    write_fixed_personas(settings.home / "personas", 8)
+    service = ChatService(settings, engine=ws.engine, journal=journal, memory=memory)
+    service.send("warm up", persona="me")
+    ttft: dict[int, dict] = {}
+    for budget in budgets:
+        memory.config = hybrid_config(base, budget)
+        memory._hybrid = None  # the retriever holds the config it was made with
+        turns = []
+        for q in questions[: 1 if quick else 3]:
+            ws.engine.llm.reset()  # every turn pays its whole prompt, notes included
+            turns.append(service.send(q.text, persona="me").timings)
+        ttft[budget] = {"ttft_ms": median(t["ttft_ms"] for t in turns),
+                        "prompt_tokens": median(t["prompt_tokens"] for t in turns),
+                        "retrieval_ms": median(t["retrieval_ms"] for t in turns)}
+    memory.config = base
+    journal.close()
+
+    default = base.context_tokens if base.context_tokens in recall else budgets[0]
+    r = recall[default]
+    figures = {
+        "recall_hybrid": figure(
+            f"evidence recall in a turn's notes, hybrid, {default} tokens", r["hybrid"], "",
+            "fixed windows of 4 messages, same embedder and budget", r["fixed_windows"], better="higher",
+            label="hybrid", baseline_label="fixed windows", questions=len(questions)),
+        "recall_dense_scenes": figure(
+            f"evidence recall in a turn's notes, dense scenes (before), {default} tokens", r["dense_scenes"], "",
+            "fixed windows of 4 messages, same embedder and budget", r["fixed_windows"], better="higher",
+            label="dense scenes", baseline_label="fixed windows", questions=len(questions)),
+    }
+    for budget in budgets:
+        if budget != default:
+            figures[f"recall_hybrid_{budget}"] = figure(
+                f"evidence recall in a turn's notes, hybrid, {budget} tokens", recall[budget]["hybrid"], "",
+                "fixed windows of 4 messages, same embedder and budget", recall[budget]["fixed_windows"],
+                better="higher", label="hybrid", baseline_label="fixed windows", questions=len(questions))
+    for budget in budgets:
+        if budget != budgets[0]:
+            figures[f"recall_ttft_{budget}"] = figure(
+                f"turn TTFT with notes of {budget} tokens", ttft[budget]["ttft_ms"], "ms",
+                f"the same turns with notes of {budgets[0]} tokens", ttft[budgets[0]]["ttft_ms"], better="lower",
+                label=f"{budget} tokens", baseline_label=f"{budgets[0]} tokens")
+    details = {
+        "dataset": "chitchat-dataset (BYU PCC Chit-Chat Challenge, MIT), one person's chats as WhatsApp exports",
+        "person": "TEST", "chats": len(files), "messages": len(corpus.messages),
+        "scenes": summary["scenes_added"], "windows": len(windows), "import_s": round(import_s, 1),
+        "questions": len(questions), "questions_made": len(corpus.questions),
+        "recall": {str(b): v for b, v in recall.items()},
+        "ttft": {str(b): v for b, v in ttft.items()},
+        "hybrid_retrieval_ms_median": round(median(retrieval_ms), 2),
+        "default_budget": default,
+    }
+    return {"figures": figures, "details": details}
+
+
+def run(home: Path, quick: bool = False, progress: Progress = no_progress, workspace: Workspace | None = None) -> dict:
+    return run_suite(_run, home, quick, progress, workspace)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return suite_main("recall", run, __doc__, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
