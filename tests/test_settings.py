@@ -40,6 +40,10 @@ def test_unknown_section_and_env_var(home):
     (home / "config.toml").unlink()
     with pytest.raises(SettingsError, match="ALTEREGO_SERVER_PORT"):
         load_settings(env={"ALTEREGO_HOME": str(home), "ALTEREGO_SERVR_PORT": "1"})
+    # Not settings, but not typos either: the model cache (the Docker image sets it) and
+    # the install script's variables.
+    load_settings(env={"ALTEREGO_HOME": str(home), "ALTEREGO_MODEL_CACHE": "/opt/alterego/models",
+                       "ALTEREGO_WHEELS": "/src/docker-inputs", "ALTEREGO_CA_BUNDLE": "/x/ca.crt"})
 
 
 @pytest.mark.parametrize("toml", ['[server]\nport = "abc"\n', "[server]\nport = true\n", "not toml ["])

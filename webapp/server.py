@@ -1,13 +1,15 @@
-"""Serving the app over HTTP: one FastAPI application with the Gradio UI mounted at `/`
-and a `/health` endpoint beside it, run by uvicorn. Mounting (rather than
-`Blocks.launch`) is what lets the health route live on the same server and port as the
-UI — Docker's HEALTHCHECK and a load balancer probe the real app, not a side process.
+"""Serving the app over HTTP: one FastAPI application with the Gradio UI mounted at `/`,
+a `/health` endpoint and the JSON API (`webapp.api`: /api/chat, /api/import) beside it,
+run by uvicorn. Mounting (rather than `Blocks.launch`) is what lets these routes live on
+the same server and port as the UI — Docker's HEALTHCHECK and a load balancer probe the
+real app, not a side process.
 
 Exposure policy (`exposure_auth`): loopback addresses serve without a login; any other
 address requires `server.auth`/`server.auth_file`, unless `server.allow_unauthenticated`
-says otherwise, which prints a warning. `/health` itself needs no login (a container
-probe has none) and reveals no user data: only whether the model is loaded, the store
-answers and the retraining job runs."""
+says otherwise, which prints a warning. The API asks for the same logins (HTTP Basic)
+whenever the UI asks for one. `/health` itself needs no login (a container probe has
+none) and reveals no user data: only whether the model is loaded, the store answers and
+the retraining job runs."""
 
 from __future__ import annotations
 
@@ -92,10 +94,11 @@ def health_app_routes(app, service) -> None:
 
 
 def build_server(settings: Settings, service=None):
-    """The FastAPI app (UI at /, /health) and the ChatService behind it."""
+    """The FastAPI app (UI at /, /health, /api/*) and the ChatService behind it."""
     import fastapi
     import gradio as gr
 
+    from .api import add_api_routes
     from .chat import ChatService
     from .ui import build_app
 
@@ -112,6 +115,7 @@ def build_server(settings: Settings, service=None):
     blocks.queue(default_concurrency_limit=4)
     app = fastapi.FastAPI(title="alterego", docs_url=None, redoc_url=None, openapi_url=None)
     health_app_routes(app, service)
+    add_api_routes(app, service, logins, settings.server.max_upload_mb)
     app = gr.mount_gradio_app(
         app, blocks, path="",
         server_name=settings.server.host, server_port=settings.server.port,

@@ -27,9 +27,11 @@ from tuning.config import TuningConfig
 from .errors import SettingsError
 
 ENV_PREFIX = "ALTEREGO_"
-# Variables that are not section keys: the data root, and where embedded models are
-# assembled (personas.models.model_cache; outside the data root, shared by all of them).
-RESERVED_ENV = {"ALTEREGO_HOME", "ALTEREGO_MODEL_CACHE"}
+# Variables that are not section keys: the data root, the model cache of `personas.models`
+# (the Docker image sets it), and the install script's and the tests' own, which a shell
+# may still export when the app starts.
+RESERVED_ENV = {"ALTEREGO_HOME", "ALTEREGO_MODEL_CACHE", "ALTEREGO_WHEEL_CACHE", "ALTEREGO_WHEELS",
+                "ALTEREGO_CA_BUNDLE", "ALTEREGO_TEST_ARTIFACTS"}
 
 
 @dataclass
@@ -137,7 +139,7 @@ def _coerce(value: object, annotation: object, where: str) -> object:
 
 
 def valid_env_names() -> list[str]:
-    return sorted(RESERVED_ENV) + [ENV_PREFIX + k.replace(".", "_").upper() for k in valid_keys()]
+    return ["ALTEREGO_HOME", "ALTEREGO_MODEL_CACHE"] + [ENV_PREFIX + k.replace(".", "_").upper() for k in valid_keys()]
 
 
 def _apply(section: str, obj: object, key: str, value: object, where: str, from_env: bool = False) -> None:
