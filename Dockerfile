@@ -34,9 +34,9 @@ FROM base AS build
 ARG CA_BUNDLE=""
 WORKDIR /src
 COPY docker-inputs/ docker-inputs/
-# PyTorch's CPU index: PyPI's default Linux torch wheel drags in ~3 GB of CUDA. A wheel
-# in docker-inputs/ wins over both. The wheel cache stays in this stage, so the second
-# install pass finds a llama-cpp-python built by the first.
+# PyTorch's CPU index: PyPI's default Linux torch wheel drags in ~3 GB of CUDA; a torch
+# wheel in docker-inputs/ wins over the index. The wheel cache stays in this stage, so
+# the second install pass finds a llama-cpp-python built by the first. binutils: `strip`.
 ENV VENV=/opt/venv EXTRAS="" EDITABLE=0 APT_EXTRA="python3-venv binutils" DROP_MODEL_CHUNKS=1 \
     TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu \
     LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
