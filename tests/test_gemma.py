@@ -28,6 +28,7 @@ from personas.adapters import AdapterLibrary
 from personas.catalog import GenerationParams
 from personas.models import TRANSCRIPT, chat_format, gemma_model, gguf_metadata, model_cache
 from personas.prompting import Rendered, Script, transcript_stop, transcript_text
+from test_export import llama_logits  # teacher-forced llama.cpp logits, shared with the SmolLM2 test
 from tuning.export import export_peft_to_gguf
 
 N = 20
@@ -197,25 +198,12 @@ def test_gemma_lora_logits_stay_at_the_quantisation_noise_level(peft_model, toke
             base = peft_model(full).logits[0, len(ids) - 1 : -1].numpy()
     seq = full[0].tolist()
 
-    def llama_logits(adapter):
-        llm, rows = engine.llm, []
-        with engine._lock:
-            engine._use_adapter(adapter)
-            llm.reset()
-            llm.eval(seq[: len(ids)])
-            rows.append(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy())
-            for tok in seq[len(ids):-1]:
-                llm.eval([tok])
-                rows.append(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy())
-            llm.reset()
-        return np.stack(rows)
-
     def gap(a, b):
         return float(np.abs(a - b).mean())
 
-    noise = gap(base, llama_logits(None))
-    exported = gap(peft, llama_logits("radio"))
-    permuted = gap(peft, llama_logits("permuted"))
+    noise = gap(base, llama_logits(engine, None, seq, len(ids)))
+    exported = gap(peft, llama_logits(engine, "radio", seq, len(ids)))
+    permuted = gap(peft, llama_logits(engine, "permuted", seq, len(ids)))
     assert gap(peft, base) > 3 * noise, (noise, gap(peft, base))
     assert exported < 1.3 * noise, (noise, exported)
     assert permuted > 2 * exported, (exported, permuted)
