@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MemoryUserError
+from .hfstack import hf_imports
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,12 @@ class Embedder:
     def model(self):
         with self._lock:
             if self._model is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                import transformers
-                from sentence_transformers import SentenceTransformer
+                with hf_imports():
+                    import transformers
+                    from sentence_transformers import SentenceTransformer
 
-                transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the CLI
-
-                self._model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
+                    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the CLI
+                    self._model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
                 log.info("embedder %s loaded", self.path.name)
             return self._model
 

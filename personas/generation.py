@@ -22,6 +22,7 @@ class Timings:
     adapter: str = ""  # "<persona>/v<N>" of the LoRA that was active, "" for the bare base
     adapter_switched: bool = False  # the adapter changed for this generation (cache reset)
     snapshot_restored: bool = False  # the KV cache came from this conversation's snapshot for the adapter
+    empty_retries: int = 0  # times an empty reply (end of turn as the first token) was sampled again
 
     def as_dict(self) -> dict:
         return {k: round(v, 2) if isinstance(v, float) else v for k, v in asdict(self).items()}

@@ -62,3 +62,20 @@ def test_truncated_gguf_is_a_clear_error(tmp_path, engine):
     broken.write_bytes(engine.model_path.read_bytes()[:4096])
     with pytest.raises(ModelNotFoundError, match="Cannot load model"):
         LlamaEngine(EngineConfig(model_path=str(broken)))
+
+
+def test_an_empty_reply_is_sampled_again_and_then_returned_as_it_is(engine):
+    """A reply whose first token ends the turn is sampled again (twice at most) from the
+    cached prompt; greedy decoding ends the same way each time, so here it stays empty."""
+    from personas.models import TRANSCRIPT
+    from personas.prompting import Rendered
+
+    text = "User: Name a color.\nAssistant:"
+    spoken = engine.stream_chat(Rendered(TRANSCRIPT, text=text, stop=["\nUser:"]), GREEDY)
+    reply = spoken.text()
+    assert reply.strip() and spoken.timings.empty_retries == 0
+    # Stopping at the reply's own first character ends the turn before anything is said.
+    silent = engine.stream_chat(Rendered(TRANSCRIPT, text=text, stop=[reply[0]]), GREEDY)
+    assert silent.text() == "" and silent.timings.empty_retries == 2
+    assert silent.timings.prompt_eval_tokens <= 1  # the retries reused the cached prompt
+    assert engine.stream_chat(Rendered(TRANSCRIPT, text=text, stop=["\nUser:"]), GREEDY).text().strip()

@@ -28,6 +28,7 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+from memory.hfstack import hf_imports
 from personas.adapters import fsync_dir, fsync_tree
 
 MARKER_FILE = ".alterego-base.json"  # written last: its presence means the directory is complete
@@ -82,8 +83,9 @@ def load_gguf_with_transformers(gguf_path: Path):
     """(model, tokenizer) as transformers reads the GGUF: float32 weights dequantised
     from the GGUF, q/k permutation undone, tokenizer with the GGUF's chat template. The
     model cannot be saved or quantised (see the module docstring)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with hf_imports():
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path)
     with _fast_gguf_reading(gguf_path):
@@ -133,8 +135,9 @@ def _fast_gguf_reading(gguf_path: Path):
 
 
 def _build(gguf_path: Path, out: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with hf_imports():
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_model, tokenizer = load_gguf_with_transformers(gguf_path)
     # A base model (no chat template, e.g. Gemma 3 270M) is trained on transcripts
@@ -173,7 +176,8 @@ def _build(gguf_path: Path, out: Path) -> None:
 
 def _no_init_weights():
     try:
-        from transformers.initialization import no_init_weights
+        with hf_imports():
+            from transformers.initialization import no_init_weights
     except ImportError:  # older/newer layout: random init costs ~2 s, nothing else
         return contextlib.nullcontext()
     return no_init_weights()
@@ -187,7 +191,8 @@ def _gguf_chat_template(gguf_path: Path) -> str:
 
 
 def _write_marker(folder: Path, gguf_path: Path, fingerprint: str) -> None:
-    import transformers
+    with hf_imports():
+        import transformers
 
     info = {
         "source_gguf": str(gguf_path),

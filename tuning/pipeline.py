@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from memory.hfstack import hf_imports
 from memory.journal import Journal
 from personas.adapters import AdapterLibrary
 from personas.catalog import Persona
@@ -74,7 +75,8 @@ def base_chat_format(config: TuningConfig, model_path: str) -> str:
     """The chat format training data is laid out in: the served model's (so an adapter
     learns the prompt it will be served with), or for a configured HF base, its tokenizer's."""
     if config.hf_base:
-        from transformers import AutoTokenizer
+        with hf_imports():
+            from transformers import AutoTokenizer
 
         return CHAT if AutoTokenizer.from_pretrained(config.hf_base).chat_template else TRANSCRIPT
     return chat_format(resolve_chat_model(model_path))
