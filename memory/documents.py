@@ -30,7 +30,7 @@ class Utterance:
     speaker: str | None = None  # sender / speaker label; None for prose
     timestamp: float | None = None  # POSIX seconds (UTC) when known
     conversation: str | None = None  # conversation id or title within the file
-    heading: str | None = None  # for prose: the heading path it stands under ("A / B")
+    heading: str | None = None  # prose: the heading path it stands under ("A / B"); chats: their title
     is_me: bool | None = None  # set only when the format itself says so
     end_timestamp: float | None = None  # transcripts: cue end time
 

@@ -65,6 +65,42 @@ def test_dataset_dedupes_and_drops(tiny, tmp_path, home):
     assert summary.train + summary.heldout == 20
 
 
+
+def test_every_line_the_user_wrote_becomes_a_pair_in_a_frame(service, tmp_path):
+    """The Nexus (Obsidian) chats open with the user's own question: that opener is a
+    pair (its context the chat's title), the follow-up a reply; a long run of the user's
+    own messages becomes passages; text damaged at import is counted, never trained on."""
+    from webapp.reports import format_dataset_summary
+
+    imp = FIXTURES / "import"
+    monologue = tmp_path / "monologue.txt"
+    diary = [l.strip() for l in (imp / "diary.txt").read_text(encoding="utf-8").splitlines() if l.strip()]
+    monologue.write_text("".join(f"[01.02.2024, 10:{i:02d}:00] Иван Петров: {line}\n" for i, line in enumerate(diary * 12)),
+                         encoding="utf-8")
+    service.memory.import_paths([imp / "obsidian_chat.md", imp / "obsidian_chat_us.md", imp / "tis620_damaged.txt",
+                                 monologue], me=["Иван Петров"])
+    summary = harvest(service.catalog.get("me"), tmp_path / "ds", journal=service.journal,
+                      store=service.memory.store, heldout_fraction=0.2).as_dict()
+    rows = [json.loads(l) for f in ("train.jsonl", "heldout.jsonl") for l in (tmp_path / "ds" / f).read_text().splitlines()]
+    nexus = [r for r in rows if "obsidian_chat" in r["source"]]
+    user_messages = sum((imp / f).read_text(encoding="utf-8").count("[!nexus_user]") for f in ("obsidian_chat.md", "obsidian_chat_us.md"))
+    assert len(nexus) >= user_messages == 4
+    opener = next(r for r in nexus if "велосипед для города" in r["completion"][0]["content"])
+    assert opener["prompt"][-1]["content"] == "(New conversation: Как выбрать велосипед)"
+    assert any(r["completion"][0]["content"] == "Спасибо! А зимой на гибриде можно?"
+               and "шипованн" not in r["prompt"][-1]["content"] for r in nexus)
+    assert summary["frames"]["opener"] >= 2 and summary["frames"]["reply"] >= 2 and summary["frames"]["passage"] >= 2
+    assert summary["kinds"]["obsidian_chat"] == len(nexus) and summary["kinds"]["whatsapp"] >= 3
+    # A passage continues the user's own previous passage.
+    passage = summary["examples"]["passage"][0]
+    assert passage["context"] and passage["completion"] and passage["context"] != passage["completion"]
+    # Damaged lines are counted, and no U+FFFD reaches a training target.
+    assert summary["dropped"].get("damaged", 0) >= 1
+    assert not any("\ufffd" in r["completion"][0]["content"] for r in rows)
+    report = format_dataset_summary("Me", summary, show=2)
+    assert "opener" in report and "dropped" in report and "letters lost at import" in report
+
+
 @pytest.mark.slow
 def test_train_promote_and_use(tiny, service, hf_base, engine):
     library = service.adapters

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from .errors import USER_ERRORS
-from .reports import format_import_summary
+from .reports import format_dataset_summary, format_import_summary
 
 
 def _settings():
@@ -215,13 +215,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))
         return 0
-    print(f"{persona.display_name}: {summary['pairs']} pairs ({summary['train']} train, {summary['heldout']} held out), "
-          f"~{summary['tokens']:,} tokens, {summary['preferences']} preference pairs")
-    for source, n in sorted(summary["sources"].items(), key=lambda kv: -kv[1]):
-        print(f"  {n:>6}  {source}")
-    if summary["dropped"]:
-        print("  dropped: " + ", ".join(f"{k} {v}" for k, v in summary["dropped"].items()))
-    print(f"written to {summary['path']}")
+    print(format_dataset_summary(persona.display_name, summary, show=args.show))
     return 0
 
 
@@ -395,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dataset", help="harvest a persona's training data and show what it holds")
     p.add_argument("--persona", required=True)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--show", type=int, default=3, metavar="N", help="examples shown per frame (default 3, 0 = none)")
     p.set_defaults(func=cmd_dataset)
 
     p = sub.add_parser("train", help="train a persona's LoRA adapter; promoted only if it beats the current one")

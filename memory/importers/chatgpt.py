@@ -49,6 +49,7 @@ def read_chatgpt(path: Path, info: SourceInfo) -> Iterator[Utterance]:
 def _conversation(conv: dict, info: SourceInfo) -> Iterator[Utterance]:
     mapping = conv["mapping"]
     conversation = str(conv.get("conversation_id") or conv.get("id") or conv.get("title") or "")
+    title = conv.get("title") if isinstance(conv.get("title"), str) else None
     for node in _current_branch(conv, mapping, info):
         msg = node.get("message")
         if not isinstance(msg, dict):
@@ -74,7 +75,7 @@ def _conversation(conv: dict, info: SourceInfo) -> Iterator[Utterance]:
         speaker, mine = SPEAKERS[role]
         ts = msg.get("create_time")
         ts = float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) and math.isfinite(ts) else None
-        yield Utterance(fixed.text, speaker, ts, conversation, is_me=mine)
+        yield Utterance(fixed.text, speaker, ts, conversation, title, is_me=mine)
 
 
 def _current_branch(conv: dict, mapping: dict, info: SourceInfo) -> list[dict]:

@@ -7,7 +7,9 @@ it ends with `<!-- UID: … -->` — or, as in any Markdown callout, at the firs
 is not quoted. Everything else in the note (front matter, `# Title`, links like
 `[[57_title]]`, `---` rules) belongs to no turn. User turns are the user's own words
 (is_me=True); agent turns are not. The conversation is the front-matter `conversation_id`,
-else its title/alias, else the note's file stem.
+else its title/alias, else the note's file stem. The chat's title (front-matter `title` or
+`aliases`, else the `# Title:` line) becomes every turn's `heading`: sources show it, and
+the dataset uses it as the context of the chat's opening message.
 """
 
 from __future__ import annotations
@@ -27,16 +29,19 @@ _WHEN = re.compile(
     r"(?:,?\s*(?:at\s+)?(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2}))?\s*(?P<ampm>[AaPp]\.?\s?[Mm]\.?)?)?"
 )
 _FRONT = re.compile(r"^(conversation_id|id|title|aliases)\s*:\s*(.*)$")
+_TITLE = re.compile(r"^#\s+Title:\s*(.+?)\s*$")
 SPEAKERS = {"user": ("User", True), "agent": ("Assistant", False)}
 MAX_TURN = 100_000  # characters
 
 
 def read_obsidian(path: Path, info: SourceInfo) -> Iterator[Utterance]:
     lines = iter_lines(path, info)
-    conversation = path.stem
+    conversation, title = path.stem, ""
     first = next(lines, None)
     if first is not None and first.strip() == "---":
-        conversation = _front_matter(lines) or conversation
+        found = _front_matter(lines)
+        conversation = next((found[k] for k in ("conversation_id", "id", "title", "aliases") if k in found), conversation)
+        title = found.get("title") or found.get("aliases") or ""
         first = None
     order: list[str | None] = [None]  # the file's date order once a date proves it
     turn: Utterance | None = None
@@ -48,7 +53,8 @@ def read_obsidian(path: Path, info: SourceInfo) -> Iterator[Utterance]:
                 body.append(line[2:] if line.startswith("> ") else line[1:])
                 size += len(line)
                 if size > MAX_TURN:  # keep memory bounded: a giant turn goes out in parts
-                    yield Utterance("\n".join(body), turn.speaker, turn.timestamp, conversation, is_me=turn.is_me)
+                    yield Utterance("\n".join(body), turn.speaker, turn.timestamp, conversation, title or None,
+                                    is_me=turn.is_me)
                     body, size = [], 0
                 continue
             turn.text = "\n".join(body)
@@ -57,8 +63,10 @@ def read_obsidian(path: Path, info: SourceInfo) -> Iterator[Utterance]:
         m = _CALLOUT.match(line)
         if m:
             speaker, mine = SPEAKERS[m.group(1)]
-            turn = Utterance("", speaker, _when(m.group(2), order), conversation, is_me=mine)
+            turn = Utterance("", speaker, _when(m.group(2), order), conversation, title or None, is_me=mine)
             turns += 1
+        elif not title and not turns and (t := _TITLE.match(line)):
+            title = t.group(1)
     if turn is not None:
         turn.text = "\n".join(body)
         yield turn
@@ -72,8 +80,8 @@ def _chain(first: str | None, lines: Iterator[str]) -> Iterator[str]:
     yield from lines
 
 
-def _front_matter(lines: Iterator[str]) -> str | None:
-    """Consume the YAML block; the best conversation name in it."""
+def _front_matter(lines: Iterator[str]) -> dict[str, str]:
+    """Consume the YAML block; its conversation id, title and aliases, as found."""
     found: dict[str, str] = {}
     for count, line in enumerate(lines):
         if line.strip() in ("---", "...") or count > 500:
@@ -81,10 +89,7 @@ def _front_matter(lines: Iterator[str]) -> str | None:
         m = _FRONT.match(line.strip())
         if m and m.group(2).strip().strip("\"'"):
             found[m.group(1)] = m.group(2).strip().strip("\"'")
-    for key in ("conversation_id", "id", "title", "aliases"):
-        if key in found:
-            return found[key]
-    return None
+    return found
 
 
 def _when(header: str, order: list[str | None]) -> float | None:
