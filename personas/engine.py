@@ -256,10 +256,7 @@ class LlamaEngine:
                             piece = text_of(chunk)
                             if not piece:
                                 continue
-                            if first is None:
-                                first = time.perf_counter()
-                                timings.ttft_ms = (first - started) * 1000
-                            timings.tokens += 1
+                            first = timings.count_piece(started, first)
                             spoke = spoke or bool(piece.strip())
                             yield piece
                     finally:

@@ -6,6 +6,7 @@ other."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -26,6 +27,15 @@ class Timings:
 
     def as_dict(self) -> dict:
         return {k: round(v, 2) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+    def count_piece(self, started: float, first: float | None) -> float:
+        """Count one streamed text piece of a generation that began at `started`
+        (perf_counter); returns when the first piece came, setting ttft_ms on it."""
+        if first is None:
+            first = time.perf_counter()
+            self.ttft_ms = (first - started) * 1000
+        self.tokens += 1
+        return first
 
 
 class Generation:

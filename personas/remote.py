@@ -470,10 +470,7 @@ class OpenAIEngine:
                         piece = (choice.get("delta") or {}).get("content")
                         if not piece:
                             continue
-                        if first is None:
-                            first = time.perf_counter()
-                            timings.ttft_ms = (first - started) * 1000
-                        timings.tokens += 1
+                        first = timings.count_piece(started, first)
                         yield piece
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from None

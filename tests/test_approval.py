@@ -73,8 +73,52 @@ def test_tuning_tab_callbacks(service):
     overview = ui.tuning_overview("me")
     assert "prompt-only" in overview and "a run starts at" in overview
     assert ui.version_rows("me") == [] and ui.loss_curve("me").empty
+    # "Show training data": what the next run would learn from, by frame.
+    from conftest import FIXTURES
+
+    service.memory.import_paths([FIXTURES / "import" / "obsidian_chat.md"])
+    data = ui.training_data("me")
+    assert "opener" in data and "(New conversation: Как выбрать велосипед)" in data and "reply" in data
     assert "No training run" in ui.cancel_run()
     assert "no earlier adapter version" in ui.rollback("poet")
+
+
+
+def test_one_training_run_per_data_root_across_processes(tiny, service, hf_base):
+    """Another process (here a plain Python holding the lock, as `alterego scheduler` or
+    `alterego train` would while training) owns the data root's training lock: this
+    process neither starts a run nor marks the other's run interrupted; once the other
+    process is gone (killed: the kernel drops its lock), its run is recovered."""
+    import sys
+
+    from tuning.errors import TrainingBusyError
+    from tuning.pipeline import train_persona
+    from tuning.runlock import training_in_progress
+
+    home = service.settings.home
+    service.settings.tuning = tuning_config(hf_base, min_new_approvals=1, retry_minutes=0)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from tuning.runlock import TrainingLock; "
+         f"lock = TrainingLock({str(home)!r}); assert lock.acquire(); print('held', flush=True); time.sleep(600)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held" and training_in_progress(home)
+        theirs = service.journal.start_run("tiny", 0, "schedule")  # the other process's run
+        service._scheduler = None
+        sched = service.scheduler  # its start-up recovery must leave the live run alone
+        assert service.journal.runs("tiny")[0]["status"] == "running"
+        assert sched.run("tiny")["status"] == "busy"
+        assert [r["id"] for r in service.journal.runs("tiny")] == [theirs]  # no row for a run never started
+        with pytest.raises(TrainingBusyError, match="Another training run is in progress"):
+            train_persona(home, service.settings.tuning, tiny, journal=service.journal, store=None,
+                          library=service.adapters, max_steps=1)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not training_in_progress(home)
+    service._scheduler = None
+    assert service.scheduler and service.journal.runs("tiny")[0]["status"] == "interrupted"
 
 
 @pytest.mark.slow

@@ -15,3 +15,7 @@ class NotEnoughDataError(TuningUserError):
 
 class TrainingFailedError(TuningUserError):
     pass
+
+
+class TrainingBusyError(TuningUserError):
+    """Another training run holds this data root's training lock (`tuning.runlock`)."""

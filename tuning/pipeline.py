@@ -31,6 +31,7 @@ from .config import TuningConfig
 from .dataset import DatasetSummary, harvest
 from .errors import NotEnoughDataError, TrainingFailedError
 from .registry import Promotion, record_run
+from .runlock import TrainingLock
 from .train import CANCEL, RESULT, STATUS
 
 Progress = Callable[[dict], None]
@@ -186,8 +187,16 @@ def cancel(run_dir: Path) -> None:
 def train_persona(
     home: Path, config: TuningConfig, persona: Persona, *, journal: Journal, store, library: AdapterLibrary,
     model_path: str = "", max_steps: int | None = None, progress: Progress | None = None,
-    on_run_dir: Callable[[Path], None] | None = None,
+    on_run_dir: Callable[[Path], None] | None = None, lock_held: bool = False,
 ) -> TrainOutcome:
+    """One whole run for `persona`, under the data root's training lock (`tuning.runlock`;
+    `lock_held`: the caller holds it already). Raises TrainingBusyError when another run
+    holds it, NotEnoughDataError / TrainingFailedError as their names say."""
+    if not lock_held:
+        with TrainingLock(home):
+            return train_persona(home, config, persona, journal=journal, store=store, library=library,
+                                 model_path=model_path, max_steps=max_steps, progress=progress,
+                                 on_run_dir=on_run_dir, lock_held=True)
     base_dir = hf_base_dir(home, config, model_path)
     run_dir, data = prepare_run(home, config, persona, journal=journal, store=store, library=library,
                                 base_dir=base_dir, max_steps=max_steps,

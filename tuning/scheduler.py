@@ -10,13 +10,14 @@ Each tick (one at a time: `max_instances=1`, `coalesce=True`):
 3. record the run in the journal and only then advance the watermark (the run row holds
    it), so a crash or restart neither loses approvals nor trains twice on them.
 A failed run is recorded with its log and retried after `tuning.retry_minutes`, never in
-a tight loop. Runs still 'running' when the app starts were cut off by a restart; they
-are marked interrupted and their approvals are picked up again."""
+a tight loop. Only one run exists per data root, across processes (`tuning.runlock`): a
+tick that finds another process training reports "busy" and tries again next time. Runs
+still 'running' when the app starts, with nobody holding that lock, were cut off by a
+restart; they are marked interrupted and their approvals are picked up again."""
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from .config import TuningConfig
 from .errors import NotEnoughDataError, TuningUserError
 from .pipeline import cancel as cancel_run
 from .pipeline import read_status, train_persona
+from .runlock import TrainingLock
 
 log = logging.getLogger(__name__)
 JOB_ID = "retrain"
@@ -57,12 +59,18 @@ class RetrainScheduler:
         self._recover()
 
     def _recover(self) -> None:
-        """Runs still 'running' whose training process is gone were cut off by a restart:
-        mark them interrupted so their approvals are picked up again. A run whose process
-        is alive belongs to another alterego process (e.g. `alterego scheduler`) and is left."""
-        for run in self.deps.journal.runs(limit=100):
-            if run["status"] == "running" and not _process_alive(run["run_dir"]):
-                self.deps.journal.update_run(run["id"], status="interrupted", error="the app stopped during the run")
+        """Runs still 'running' while nobody holds the training lock were cut off by a
+        restart or a crash: mark them interrupted so their approvals are picked up again.
+        While another alterego process (e.g. `alterego scheduler`) holds it, its run is left."""
+        probe = TrainingLock(self.deps.home)
+        if not probe.acquire():
+            return
+        try:
+            for run in self.deps.journal.runs(limit=100):
+                if run["status"] == "running":
+                    self.deps.journal.update_run(run["id"], status="interrupted", error="the app stopped during the run")
+        finally:
+            probe.release()
 
     # -- scheduling -----------------------------------------------------------------------
     def start(self, interval_s: float | None = None) -> None:
@@ -123,6 +131,10 @@ class RetrainScheduler:
             watermark = d.journal.approvals_since(persona, 0)[1]
         if not self._lock.acquire(blocking=False):
             return {"persona": persona, "status": "busy", "error": "another training run is in progress"}
+        file_lock = TrainingLock(d.home)
+        if not file_lock.acquire():  # another alterego process is training on this data
+            self._lock.release()
+            return {"persona": persona, "status": "busy", "error": "another alterego process is training on this data"}
         run_id = d.journal.start_run(persona, watermark, trigger)
         try:
             current = self.current = {"persona": persona, "run_id": run_id, "run_dir": None}
@@ -133,7 +145,7 @@ class RetrainScheduler:
 
             outcome = train_persona(
                 d.home, d.config, d.catalog.get(persona), journal=d.journal, store=d.store_for(persona),
-                library=d.library, model_path=d.model_path, max_steps=max_steps, on_run_dir=started,
+                library=d.library, model_path=d.model_path, max_steps=max_steps, on_run_dir=started, lock_held=True,
             )
             summary = outcome.as_dict()
             if outcome.result.get("state") == "cancelled":
@@ -157,6 +169,7 @@ class RetrainScheduler:
             return {"persona": persona, "status": "failed", "run_id": run_id, "error": str(exc)}
         finally:
             self.current = None
+            file_lock.release()
             self._lock.release()
 
     def cancel(self) -> bool:
@@ -173,13 +186,3 @@ class RetrainScheduler:
         status = read_status(Path(current["run_dir"]))
         return {**(status or {}), "persona": current["persona"]}
 
-
-def _process_alive(run_dir: str | None) -> bool:
-    if not run_dir:
-        return False  # killed before its run folder existed (e.g. while the HF base was materialised)
-    try:
-        pid = int((Path(run_dir) / "pid").read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False
-    return True

@@ -189,6 +189,20 @@ class ChatService:
         the user's imported texts; role personas learn from their examples and approvals."""
         return self.memory.store if persona == "me" else None
 
+    def training_data(self, persona: str) -> dict:
+        """Harvest `persona`'s training data as the next run would (into a fresh folder
+        under runs/) and return its summary: pairs per source kind and frame, drops and
+        their reasons, examples (`tuning.dataset`)."""
+        from tuning.dataset import harvest
+        from tuning.pipeline import base_chat_format, new_run_dir
+
+        chosen = self.catalog.get(persona)
+        tuning = self.settings.tuning
+        return harvest(chosen, new_run_dir(self.settings.home, f"dataset-{chosen.name}"), journal=self.journal,
+                       store=self.store_for(chosen.name), heldout_fraction=tuning.heldout_fraction,
+                       max_tokens=tuning.max_length,
+                       chat_format=base_chat_format(tuning, self.settings.engine.model_spec)).as_dict()
+
     @property
     def scheduler(self):
         """The background retraining job (created on first use; `start()` runs it)."""

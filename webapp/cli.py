@@ -201,17 +201,9 @@ def cmd_adapters(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
-    from tuning.dataset import harvest
-    from tuning.pipeline import base_chat_format, new_run_dir
-
     service = _service()
     persona = service.catalog.get(args.persona)
-    store = service.store_for(persona.name)
-    out = new_run_dir(service.settings.home, f"dataset-{persona.name}")
-    summary = harvest(persona, out, journal=service.journal, store=store,
-                      heldout_fraction=service.settings.tuning.heldout_fraction,
-                      max_tokens=service.settings.tuning.max_length,
-                      chat_format=base_chat_format(service.settings.tuning, service.settings.engine.model_spec)).as_dict()
+    summary = service.training_data(persona.name)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))
         return 0

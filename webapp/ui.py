@@ -19,7 +19,7 @@ from personas.router import AUTO
 
 from .chat import ChatService, TurnUpdate
 from .errors import USER_ERRORS
-from .reports import format_import_summary
+from .reports import format_dataset_summary, format_import_summary
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +269,21 @@ class ChatUI:
                          f"**v{versions[-1].version} says:** {sample['candidate']}")
         return "\n\n".join(parts)
 
+    def training_data(self, persona: str) -> str:
+        try:
+            summary = self.service.training_data(persona)
+        except USER_ERRORS as exc:
+            return f"⚠️ {exc}"
+        return "```\n" + format_dataset_summary(self._display(persona), summary, show=3) + "\n```"
+
     def retrain_now(self, persona: str) -> str:
+        from tuning.runlock import training_in_progress
+
         sched = self.service.scheduler
         if sched.progress() is not None or sched.current is not None:
             return "A training run is already in progress."
+        if training_in_progress(self.service.settings.home):
+            return "Another alterego process (`alterego scheduler` or `alterego train`) is training on this data; try again when it is done."
         threading.Thread(target=sched.run, args=(persona,), kwargs={"trigger": "manual"}, daemon=True).start()
         return f"Retraining **{self._display(persona)}** started; progress appears above."
 
@@ -546,6 +557,7 @@ def tuning_tab(ui: "ChatUI") -> gr.Timer:
         retrain = gr.Button("Retrain now", variant="primary", scale=1, elem_id="retrain")
         cancel = gr.Button("Cancel run", scale=1, elem_id="cancel-run")
         rollback = gr.Button("Roll back", variant="stop", scale=1, elem_id="rollback")
+        preview = gr.Button("Show training data", scale=1, elem_id="training-data")
     overview = gr.Markdown(elem_id="tuning-overview")
     curve = gr.LinePlot(x="step", y="loss", title="Training loss (current or last run)", height=220)
     versions = gr.Dataframe(
@@ -554,6 +566,7 @@ def tuning_tab(ui: "ChatUI") -> gr.Timer:
     )
     samples = gr.Markdown(elem_id="samples")
     outcome = gr.Markdown()
+    data = gr.Markdown(elem_id="training-data-summary")
 
     def refresh(name):
         return ui.tuning_overview(name), ui.loss_curve(name), ui.version_rows(name), ui.samples_text(name)
@@ -564,5 +577,7 @@ def tuning_tab(ui: "ChatUI") -> gr.Timer:
     persona.change(refresh, [persona], outputs, api_name=False)
     retrain.click(ui.retrain_now, [persona], [outcome], api_name=False)
     cancel.click(ui.cancel_run, None, [outcome], api_name=False)
+    # What the next run would learn from: every line of yours, by frame, and what is left out.
+    preview.click(ui.training_data, [persona], [data], api_name=False)
     rollback.click(ui.rollback, [persona], [outcome], api_name=False).then(refresh, [persona], outputs, api_name=False)
     return timer
