@@ -45,7 +45,15 @@ def test_dataset_from_imported_chats_and_journal(service):
     assert context[-1] == "and the weather?"
     assert context[:-1] in ([], ["what did we plan for saturday?", a.reply])  # earlier turn, if it fits the budget
     prefs = [json.loads(l) for l in (out / "preferences.jsonl").read_text().splitlines()]
-    assert {(p["type"], p["turn_id"]) for p in prefs} == {("dpo", b.turn_id), ("kto", c.turn_id)}
+    assert {(p["type"], p["turn_id"], p.get("label")) for p in prefs} == {
+        ("kto", a.turn_id, True), ("dpo", b.turn_id, None), ("kto", c.turn_id, False)}
+    # Held out for the gate: the rejection always, approvals/edits only if their pair was held out.
+    verdicts = [json.loads(l) for l in (out / "heldout_verdicts.jsonl").read_text().splitlines()]
+    held = {r["completion"][0]["content"] for r in map(json.loads, (out / "heldout.jsonl").read_text().splitlines())}
+    expected = {c.turn_id} | {t.turn_id for t, text in ((a, a.reply), (b, "Sunny, +12, perfect for bikes.")) if text in held}
+    assert {v["turn_id"] for v in verdicts} == expected and summary.heldout_verdicts == len(verdicts)
+    rejected = next(v for v in verdicts if v["turn_id"] == c.turn_id)
+    assert rejected["label"] is False and rejected["completion"] == [{"role": "assistant", "content": c.reply}]
     # newest slice held out; sources recorded
     assert summary.heldout >= 1 and summary.train + summary.heldout == len(rows)
     assert any(s.startswith("memory:") for s in summary.sources) and "journal:approved" in summary.sources
@@ -136,11 +144,39 @@ def test_train_promote_and_use(tiny, service, hf_base, engine):
 
 
 def test_gate_rules():
+    # Preference accuracy on held-out verdicts may not drop below what the candidate replaces.
+    better_loss = {"base_loss": 3.0, "current_loss": None, "candidate_loss": 2.5, "heldout_verdicts": 4}
+    assert not should_promote({**better_loss, "base_pref_accuracy": 0.5, "candidate_pref_accuracy": 0.25}, 0.01)[0]
+    assert should_promote({**better_loss, "base_pref_accuracy": 0.5, "candidate_pref_accuracy": 0.75}, 0.01)[0]
+    assert not should_promote({**better_loss, "current_loss": 2.7, "base_pref_accuracy": 0.5,
+                               "current_pref_accuracy": 1.0, "candidate_pref_accuracy": 0.75}, 0.01)[0]
     assert should_promote({"base_loss": 3.0, "current_loss": None, "candidate_loss": 2.5}, 0.01)[0]
     assert not should_promote({"base_loss": 3.0, "current_loss": None, "candidate_loss": 3.1}, 0.01)[0]
     assert not should_promote({"base_loss": 3.0, "current_loss": 2.5, "candidate_loss": 2.495}, 0.01)[0]
     assert should_promote({"base_loss": 3.0, "current_loss": 2.5, "candidate_loss": 2.4}, 0.01)[0]
     assert not should_promote({"base_loss": 3.0, "current_loss": 2.5, "candidate_loss": None}, 0.01)[0]
+
+
+@pytest.mark.slow
+def test_a_candidate_that_prefers_rejected_replies_is_not_promoted(tiny, service, hf_base):
+    """The user rejected replies written exactly in the style tiny's examples teach. A
+    candidate trained on those examples beats the base on held-out loss, but it now finds
+    the rejected replies likelier than the base did: it disagrees with every held-out 👎,
+    so the gate refuses it however good its loss."""
+    j = service.journal
+    conv = j.create_conversation()
+    for topic in ("kites", "owls", "clouds"):
+        turn = j.start_turn(conv, f"Tell me about {topic}.", "tiny")
+        j.finish_turn(turn, f"{topic.upper()} ARE GOOD. I LIKE {topic.upper()} VERY MUCH.")
+        j.set_feedback(turn, "rejected")
+    out = train_persona(service.settings.home, config(hf_base), tiny, journal=j, store=None,
+                        library=service.adapters, max_steps=6).as_dict()
+    ev = out["eval"]
+    assert out["data"]["heldout_verdicts"] == ev["heldout_verdicts"] == 3
+    assert ev["candidate_loss"] < ev["base_loss"]  # the loss alone would have promoted it
+    assert ev["base_pref_accuracy"] == 0.5 and ev["candidate_pref_accuracy"] < 0.5
+    assert not out["promoted"] and "held-out verdicts" in out["reason"], out["reason"]
+    assert service.adapters.active("tiny") is None
 
 
 def _wait_for_step(run_dir: Path, proc, timeout: float = 240) -> dict:

@@ -9,7 +9,9 @@ Sources, per persona:
   passage before). Lines with letters lost at import (U+FFFD) are left out and counted;
 - every persona, from the journal: replies the user approved (target = the reply) or
   edited (target = the edited text), with the conversation before them as the prompt.
-  Edits and rejections are also written as preference pairs for a later DPO/KTO step;
+  Every verdict is also written as a preference row (👍/👎: KTO-style labels, an edit: a
+  DPO-style chosen/rejected pair); the held-out ones (`heldout_verdicts`) feed the gate's
+  preference accuracy (`tuning.evaluate`);
 - built-in role personas: their `examples.jsonl`.
 
 Pairs are deduplicated, empty, damaged and oversized ones dropped (each reason counted),
@@ -55,6 +57,7 @@ class Pair:
     order: tuple = (0.0, "", 0)  # (timestamp, source, position): newest last
     frame: str = "reply"  # reply | opener | passage (see pairs_from_scenes)
     kind: str = ""  # the source's kind: whatsapp, markdown, … or journal, examples
+    turn_id: int | None = None  # the journal turn it came from (approved / edited replies)
 
     def record(self, persona: Persona, chat_format: str = CHAT) -> dict:
         return {**pair_record(persona, self.prompt, self.completion, chat_format), "source": self.source}
@@ -70,6 +73,7 @@ class DatasetSummary:
     train: int = 0
     heldout: int = 0
     preferences: int = 0
+    heldout_verdicts: int = 0  # verdicts the gate's preference accuracy is measured on
     tokens: int = 0
     chat_format: str = CHAT
     sources: dict[str, int] = field(default_factory=dict)
@@ -82,7 +86,8 @@ class DatasetSummary:
     def as_dict(self) -> dict:
         return {
             "persona": self.persona, "pairs": self.train + self.heldout, "train": self.train,
-            "heldout": self.heldout, "preferences": self.preferences, "tokens": self.tokens,
+            "heldout": self.heldout, "preferences": self.preferences, "heldout_verdicts": self.heldout_verdicts,
+            "tokens": self.tokens,
             "chat_format": self.chat_format, "sources": self.sources, "kinds": self.kinds,
             "frames": self.frames, "dropped": self.dropped, "examples": self.examples, "path": self.path,
         }
@@ -260,9 +265,11 @@ def pairs_from_journal(journal: Journal, persona: Persona, budget: int = CONTEXT
         prompt = _conversation_prompt(journal, turn, persona.system_prompt, budget)
         order = (0.0, turn.feedback_at or turn.created_at, turn.id)
         if turn.feedback == "approved":
-            pairs.append(Pair(prompt, turn.reply, "journal:approved", order, kind="journal"))
+            pairs.append(Pair(prompt, turn.reply, "journal:approved", order, kind="journal", turn_id=turn.id))
+            preferences.append({"type": "kto", "prompt": prompt, "completion": turn.reply,
+                                "label": True, "turn_id": turn.id})
         elif turn.feedback == "edited" and turn.edited_text:
-            pairs.append(Pair(prompt, turn.edited_text, "journal:edited", order, kind="journal"))
+            pairs.append(Pair(prompt, turn.edited_text, "journal:edited", order, kind="journal", turn_id=turn.id))
             preferences.append({"type": "dpo", "prompt": prompt, "chosen": turn.edited_text,
                                 "rejected": turn.reply, "turn_id": turn.id})
         elif turn.feedback == "rejected":
@@ -333,6 +340,28 @@ def _examples(pairs: list[Pair], per_frame: int = EXAMPLES_PER_FRAME) -> dict[st
     return out
 
 
+def heldout_verdicts(persona: Persona, preferences: list[dict], heldout: list[Pair], chat_format: str) -> list[dict]:
+    """The verdicts the gate measures preference accuracy on, laid out like training rows:
+    every rejection (nothing is ever trained on a rejected reply) and the approvals and
+    edits whose pair landed in the held-out split — never one the candidate trained on."""
+    held = {p.turn_id for p in heldout if p.turn_id is not None}
+    rows = []
+    for pref in preferences:
+        if pref["type"] == "kto" and pref["label"] and pref["turn_id"] not in held:
+            continue
+        if pref["type"] == "dpo":
+            if pref["turn_id"] not in held:
+                continue
+            chosen = pair_record(persona, pref["prompt"], pref["chosen"], chat_format)
+            rejected = pair_record(persona, pref["prompt"], pref["rejected"], chat_format)
+            rows.append({"type": "dpo", "prompt": chosen["prompt"], "chosen": chosen["completion"],
+                         "rejected": rejected["completion"], "turn_id": pref["turn_id"]})
+        else:
+            record = pair_record(persona, pref["prompt"], pref["completion"], chat_format)
+            rows.append({"type": "kto", **record, "label": pref["label"], "turn_id": pref["turn_id"]})
+    return rows
+
+
 def harvest(
     persona: Persona,
     out_dir: Path,
@@ -359,14 +388,17 @@ def harvest(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    verdicts = heldout_verdicts(persona, preferences, heldout, chat_format)
     for name, rows in (("train.jsonl", [p.record(persona, chat_format) for p in train]),
                        ("heldout.jsonl", [p.record(persona, chat_format) for p in heldout]),
-                       ("preferences.jsonl", preferences)):
+                       ("preferences.jsonl", preferences),
+                       ("heldout_verdicts.jsonl", verdicts)):
         with open(out_dir / name, "w", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary = DatasetSummary(
         persona=persona.name, train=len(train), heldout=len(heldout), preferences=len(preferences),
+        heldout_verdicts=len(verdicts),
         tokens=sum(p.tokens for p in pairs), chat_format=chat_format, sources=dict(Counter(p.source for p in pairs)),
         kinds=dict(Counter(p.kind for p in pairs)), frames=dict(Counter(p.frame for p in pairs)),
         dropped=dict(dropped), examples=_examples(pairs), path=str(out_dir),

@@ -7,8 +7,11 @@ masked), summed over the held-out set and divided by its completion-token count,
 long and short answers weigh by their tokens. Rows come in either layout the dataset
 harvest writes (`personas.prompting.pair_record`): chat messages through the tokenizer's
 template, or a transcript prompt + completion (+ EOS, as trl trains it) for base models.
+Preference accuracy is measured on held-out verdicts (`tuning.dataset.heldout_verdicts`):
+how often a model agrees with the user's 👍/👎 and edits (see `preference_accuracy`).
 `should_promote` is the gate itself: the candidate must beat the base, and the current
-adapter by a margin."""
+adapter by a margin, on held-out loss, and its preference accuracy must not fall below
+the current adapter's (else the base's)."""
 
 from __future__ import annotations
 
@@ -39,29 +42,76 @@ def _ids(encoded):
     return encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
 
 
-def heldout_loss(model, tokenizer, rows: list[dict], max_length: int = 512) -> tuple[float, int]:
-    """(mean NLL per completion token, completion tokens)."""
+def completion_logp(model, tokenizer, row: dict, max_length: int = 512) -> tuple[float, int] | None:
+    """(summed log-likelihood of the row's completion tokens, their count); None when the
+    row cannot be encoded or its completion falls past `max_length`."""
     import torch
 
-    total, count = 0.0, 0
+    enc = encode_row(tokenizer, row)
+    if enc is None:
+        return None
+    ids, start = enc
+    ids = ids[:max_length]
+    if start >= len(ids):
+        return None
     model.eval()
     with torch.no_grad():
-        for row in rows:
-            enc = encode_row(tokenizer, row)
-            if enc is None:
-                continue
-            ids, start = enc
-            ids = ids[:max_length]
-            if start >= len(ids):
-                continue
-            input_ids = torch.tensor([ids], device=model.device)
-            logits = model(input_ids=input_ids).logits.float()
-            logp = torch.log_softmax(logits[0, :-1], dim=-1)
-            targets = input_ids[0, 1:]
-            token_logp = logp.gather(1, targets.unsqueeze(1)).squeeze(1)[start - 1 :]
-            total += float(-token_logp.sum())
-            count += int(token_logp.numel())
+        input_ids = torch.tensor([ids], device=model.device)
+        logits = model(input_ids=input_ids).logits.float()
+        logp = torch.log_softmax(logits[0, :-1], dim=-1)
+        token_logp = logp.gather(1, input_ids[0, 1:].unsqueeze(1)).squeeze(1)[start - 1 :]
+    return float(token_logp.sum()), int(token_logp.numel())
+
+
+def heldout_loss(model, tokenizer, rows: list[dict], max_length: int = 512) -> tuple[float, int]:
+    """(mean NLL per completion token, completion tokens)."""
+    total, count = 0.0, 0
+    for row in rows:
+        got = completion_logp(model, tokenizer, row, max_length)
+        if got is not None:
+            total -= got[0]
+            count += got[1]
     return (total / count if count else math.nan), count
+
+
+def _mean_logp(model, tokenizer, prompt, completion) -> float | None:
+    got = completion_logp(model, tokenizer, {"prompt": prompt, "completion": completion})
+    return got[0] / got[1] if got and got[1] else None
+
+
+def verdict_scores(model, tokenizer, verdicts: list[dict]) -> list[float | None]:
+    """Per verdict, the model's mean log-likelihood per token: of the reply for a 👍/👎
+    (kto), of the edited text minus the original reply for an edit (dpo)."""
+    out = []
+    for v in verdicts:
+        if v["type"] == "dpo":
+            chosen = _mean_logp(model, tokenizer, v["prompt"], v["chosen"])
+            rejected = _mean_logp(model, tokenizer, v["prompt"], v["rejected"])
+            out.append(None if chosen is None or rejected is None else chosen - rejected)
+        else:
+            out.append(_mean_logp(model, tokenizer, v["prompt"], v["completion"]))
+    return out
+
+
+def preference_accuracy(verdicts: list[dict], scores: list[float | None],
+                        base_scores: list[float | None] | None) -> float | None:
+    """Share of held-out verdicts a model agrees with: an edit when it finds the edited
+    text likelier per token than its original reply; a 👍 / 👎 when its log-likelihood
+    ratio against the base model (KTO's implicit reward) is above / below zero. With
+    `base_scores` None the model *is* the base: its ratio is zero, so each 👍/👎 counts
+    as a coin toss (0.5) — the base prefers nothing it was never told."""
+    points = []
+    for i, (v, score) in enumerate(zip(verdicts, scores)):
+        if score is None:
+            continue
+        if v["type"] == "dpo":
+            points.append(1.0 if score > 0 else 0.0)
+        elif base_scores is None:
+            points.append(0.5)
+        elif base_scores[i] is not None:
+            ratio = score - base_scores[i]
+            points.append(1.0 if (ratio > 0) == bool(v["label"]) and ratio != 0 else 0.0)
+    return round(sum(points) / len(points), 4) if points else None
 
 
 def samples(model, tokenizer, rows: list[dict], n: int = SAMPLES) -> list[dict]:
@@ -93,21 +143,26 @@ def samples(model, tokenizer, rows: list[dict], n: int = SAMPLES) -> list[dict]:
     return out
 
 
-def evaluate_run(*, base_dir: Path, candidate_dir: Path, current_dir: Path | None, heldout: list[dict], tokenizer) -> dict:
+def evaluate_run(*, base_dir: Path, candidate_dir: Path, current_dir: Path | None, heldout: list[dict], tokenizer,
+                 verdicts: list[dict] | None = None) -> dict:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(candidate_dir), adapter_name="candidate")
+    verdicts = verdicts or []
     candidate_loss, tokens = heldout_loss(model, tokenizer, heldout)
+    candidate_scores = verdict_scores(model, tokenizer, verdicts)
     with model.disable_adapter():
         base_loss, _ = heldout_loss(model, tokenizer, heldout)
-    current_loss = None
+        base_scores = verdict_scores(model, tokenizer, verdicts)
+    current_loss = current_pref = None
     if current_dir is not None and (current_dir / "adapter_config.json").is_file():
         model.load_adapter(str(current_dir), adapter_name="current")
         model.set_adapter("current")
         current_loss, _ = heldout_loss(model, tokenizer, heldout)
+        current_pref = preference_accuracy(verdicts, verdict_scores(model, tokenizer, verdicts), base_scores)
         model.set_adapter("candidate")
     return {
         "base_loss": _round(base_loss),
@@ -115,6 +170,10 @@ def evaluate_run(*, base_dir: Path, candidate_dir: Path, current_dir: Path | Non
         "candidate_loss": _round(candidate_loss),
         "heldout_pairs": len(heldout),
         "heldout_tokens": tokens,
+        "heldout_verdicts": len(verdicts),
+        "base_pref_accuracy": preference_accuracy(verdicts, base_scores, None),
+        "current_pref_accuracy": current_pref,
+        "candidate_pref_accuracy": preference_accuracy(verdicts, candidate_scores, base_scores),
         "samples": samples(model, tokenizer, heldout),
     }
 
@@ -133,4 +192,16 @@ def should_promote(evaluation: dict, margin: float) -> tuple[bool, str]:
     if cur is not None and cand > cur - margin:
         return False, f"candidate loss {cand:.4f} does not beat the current adapter ({cur:.4f}) by {margin}"
     against = f"current {cur:.4f}" if cur is not None else f"base {base:.4f}"
+    # Held-out verdicts: the candidate may not agree with the user's 👍/👎/edits less
+    # often than what it would replace (the current adapter, else the base).
+    pref = evaluation.get("candidate_pref_accuracy")
+    ref_name = "current adapter" if evaluation.get("current_pref_accuracy") is not None else "base model"
+    ref = evaluation.get("current_pref_accuracy", None)
+    ref = ref if ref is not None else evaluation.get("base_pref_accuracy")
+    if pref is not None and ref is not None and pref < ref:
+        n = evaluation.get("heldout_verdicts", 0)
+        return False, (f"candidate loss {cand:.4f} beats {against}, but it agrees with {pref:.0%} of {n} held-out "
+                       f"verdicts (👍/👎/edits), less than the {ref_name}'s {ref:.0%}")
+    if pref is not None:
+        return True, f"candidate loss {cand:.4f} beats {against}; preference accuracy {pref:.0%} (was {ref:.0%})"
     return True, f"candidate loss {cand:.4f} beats {against}"

@@ -52,7 +52,7 @@ class TrainOutcome:
             "version": self.promotion.version.version if self.promotion else None,
             "promoted": bool(self.promotion and self.promotion.promoted),
             "reason": self.promotion.reason if self.promotion else self.result.get("state", ""),
-            "eval": {k: ev.get(k) for k in ("base_loss", "current_loss", "candidate_loss", "heldout_pairs", "heldout_tokens")},
+            "eval": {k: v for k, v in ev.items() if k != "samples"},
             "samples": ev.get("samples", []),
             "train": {k: v for k, v in self.result.get("train", {}).items() if k != "losses"},
             "data": self.data.as_dict(),

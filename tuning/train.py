@@ -186,6 +186,7 @@ def run(run_dir: Path) -> dict:
         base_dir=Path(base_dir), candidate_dir=adapter_dir,
         current_dir=Path(cfg["current_peft"]) if cfg.get("current_peft") else None,
         heldout=load_rows(run_dir / "heldout.jsonl"), tokenizer=tokenizer,
+        verdicts=load_rows(run_dir / "heldout_verdicts.jsonl") if (run_dir / "heldout_verdicts.jsonl").is_file() else [],
     )
     result = {
         "state": "done",

@@ -241,6 +241,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     ev, tr = outcome["eval"], outcome["train"]
     print(f"{persona.display_name} v{outcome['version']}: {'PROMOTED' if outcome['promoted'] else 'not promoted'} — {outcome['reason']}")
     print(f"  held-out loss: base {ev['base_loss']} · current {ev['current_loss']} · candidate {ev['candidate_loss']}")
+    if ev.get("candidate_pref_accuracy") is not None:
+        print(f"  agrees with {ev['heldout_verdicts']} held-out verdicts: base {ev['base_pref_accuracy']} · "
+              f"current {ev['current_pref_accuracy']} · candidate {ev['candidate_pref_accuracy']}")
     print(f"  trained {tr.get('steps')} steps at {tr.get('tokens_per_s')} tokens/s in {tr.get('seconds')} s")
     return 0
 

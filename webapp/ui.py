@@ -256,7 +256,7 @@ class ChatUI:
             ev = v.meta.get("eval", {})
             rows.append([f"v{v.version}", "●" if v.active else "", (v.meta.get("created_at") or "")[:19],
                          ev.get("base_loss"), ev.get("current_loss"), ev.get("candidate_loss"),
-                         "yes" if v.meta.get("promoted") else "no", v.meta.get("gate", "")])
+                         _agreement(ev), "yes" if v.meta.get("promoted") else "no", v.meta.get("gate", "")])
         return rows
 
     def samples_text(self, persona: str) -> str:
@@ -543,6 +543,17 @@ def memory_tab(ui: ChatUI) -> tuple:
     return refresh, None, [sources, pick]
 
 
+def _agreement(ev: dict) -> str:
+    """Preference accuracy on held-out verdicts, what it replaces → the candidate."""
+    cand = ev.get("candidate_pref_accuracy")
+    if cand is None:
+        return "no held-out verdicts"
+    before = ev.get("current_pref_accuracy")
+    before = before if before is not None else ev.get("base_pref_accuracy")
+    was = f"{before:.0%}" if before is not None else "?"
+    return f"{was} → {cand:.0%} ({ev.get('heldout_verdicts', 0)} verdicts)"
+
+
 def tuning_tab(ui: "ChatUI") -> gr.Timer:
     """The Tuning tab; returns its refresh timer, which build_app runs only while the tab
     is open (a timer ticking in every open browser tab kept an idle app busy)."""
@@ -561,7 +572,8 @@ def tuning_tab(ui: "ChatUI") -> gr.Timer:
     overview = gr.Markdown(elem_id="tuning-overview")
     curve = gr.LinePlot(x="step", y="loss", title="Training loss (current or last run)", height=220)
     versions = gr.Dataframe(
-        headers=["version", "active", "created", "base loss", "previous loss", "candidate loss", "promoted", "gate"],
+        headers=["version", "active", "created", "base loss", "previous loss", "candidate loss",
+                 "agrees with your verdicts (before → candidate)", "promoted", "gate"],
         interactive=False, elem_id="versions",
     )
     samples = gr.Markdown(elem_id="samples")
