@@ -167,16 +167,49 @@ def test_a_candidate_that_prefers_rejected_replies_is_not_promoted(tiny, service
     conv = j.create_conversation()
     for topic in ("kites", "owls", "clouds"):
         turn = j.start_turn(conv, f"Tell me about {topic}.", "tiny")
-        j.finish_turn(turn, f"{topic.upper()} ARE GOOD. I LIKE {topic.upper()} VERY MUCH.")
+        j.finish_turn(turn, f"{topic.upper()} IS GOOD. I LIKE {topic.upper()} VERY MUCH.")  # tiny's very template
         j.set_feedback(turn, "rejected")
     out = train_persona(service.settings.home, config(hf_base), tiny, journal=j, store=None,
                         library=service.adapters, max_steps=6).as_dict()
     ev = out["eval"]
-    assert out["data"]["heldout_verdicts"] == ev["heldout_verdicts"] == 3
+    assert out["data"]["heldout_verdicts"] == ev["heldout_verdicts"] == 1  # the newest 👎; two train
+    assert out["train"]["preference"]["ran"] is False  # 2 training verdicts, all 👎: no KTO stage
     assert ev["candidate_loss"] < ev["base_loss"]  # the loss alone would have promoted it
     assert ev["base_pref_accuracy"] == 0.5 and ev["candidate_pref_accuracy"] < 0.5
     assert not out["promoted"] and "held-out verdicts" in out["reason"], out["reason"]
     assert service.adapters.active("tiny") is None
+
+
+@pytest.mark.slow
+def test_verdicts_train_a_kto_stage_after_sft(tiny, service, hf_base):
+    """With enough 👍, 👎 and edits (an edit is one of each), the run adds a KTO stage on the
+    same adapter after SFT, in the same subprocess; the exported adapter is the trained
+    one alone (not KTO's frozen reference copy) and the gate measures it on held-out verdicts."""
+    j = service.journal
+    conv = j.create_conversation()
+    topics = ["kites", "owls", "clouds", "ferns", "lamps", "roads", "bells", "ponds", "hills", "coats", "nests", "boats"]
+    for i, topic in enumerate(topics):
+        turn = j.start_turn(conv, f"Tell me about {topic}.", "tiny")
+        if i % 2:
+            j.finish_turn(turn, f"{topic.upper()} ARE GOOD. I LIKE {topic.upper()} VERY MUCH.")
+            j.set_feedback(turn, "approved")
+        else:
+            j.finish_turn(turn, f"well, {topic} are a complicated subject and i would rather not say much about them")
+            if i:
+                j.set_feedback(turn, "rejected")
+            else:  # the oldest: rewritten by the user — a 👍 for the edit and a 👎 for the reply
+                j.set_feedback(turn, "edited", f"{topic.upper()} IS GOOD. I LIKE {topic.upper()} VERY MUCH.")
+    cfg = config(hf_base, heldout_fraction=0.1, preference_min_verdicts=6, preference_steps=3)
+    out = train_persona(service.settings.home, cfg, tiny, journal=j, store=None, library=service.adapters,
+                        max_steps=4).as_dict()
+    pref = out["train"]["preference"]
+    assert pref["ran"] and pref["steps"] == 3 and pref["verdicts"] == out["data"]["train_verdicts"] >= 6, pref
+    assert out["data"]["train_verdicts"] + out["data"]["heldout_verdicts"] == len(topics)
+    assert pref["examples"] == out["data"]["train_verdicts"] + 1  # the edit gave two KTO examples
+    ev = out["eval"]
+    assert ev["heldout_verdicts"] >= 2 and ev["candidate_pref_accuracy"] is not None and ev["base_pref_accuracy"] is not None
+    adapter = Path(out["run_dir"]) / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists()
 
 
 def _wait_for_step(run_dir: Path, proc, timeout: float = 240) -> dict:

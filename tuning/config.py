@@ -35,3 +35,9 @@ class TuningConfig:
     min_new_approvals: int = 5
     retry_minutes: float = 60.0
     scheduler: bool = True  # start the job with the web app
+    # The preference stage (KTO, after SFT): runs when at least this many training
+    # verdicts (👍, 👎, edits; an edit gives one 👍 and one 👎 example) exist; 0 = never.
+    preference_min_verdicts: int = 6
+    preference_steps: int = 30
+    preference_learning_rate: float = 5e-5
+    preference_beta: float = 0.1

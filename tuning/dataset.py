@@ -10,8 +10,8 @@ Sources, per persona:
 - every persona, from the journal: replies the user approved (target = the reply) or
   edited (target = the edited text), with the conversation before them as the prompt.
   Every verdict is also written as a preference row (👍/👎: KTO-style labels, an edit: a
-  DPO-style chosen/rejected pair); the held-out ones (`heldout_verdicts`) feed the gate's
-  preference accuracy (`tuning.evaluate`);
+  DPO-style chosen/rejected pair), split like the pairs (`split_verdicts`): training
+  verdicts feed the KTO preference stage, held-out ones the gate's preference accuracy;
 - built-in role personas: their `examples.jsonl`.
 
 Pairs are deduplicated, empty, damaged and oversized ones dropped (each reason counted),
@@ -73,6 +73,7 @@ class DatasetSummary:
     train: int = 0
     heldout: int = 0
     preferences: int = 0
+    train_verdicts: int = 0  # verdicts the preference stage (KTO) may learn from
     heldout_verdicts: int = 0  # verdicts the gate's preference accuracy is measured on
     tokens: int = 0
     chat_format: str = CHAT
@@ -86,7 +87,8 @@ class DatasetSummary:
     def as_dict(self) -> dict:
         return {
             "persona": self.persona, "pairs": self.train + self.heldout, "train": self.train,
-            "heldout": self.heldout, "preferences": self.preferences, "heldout_verdicts": self.heldout_verdicts,
+            "heldout": self.heldout, "preferences": self.preferences, "train_verdicts": self.train_verdicts,
+            "heldout_verdicts": self.heldout_verdicts,
             "tokens": self.tokens,
             "chat_format": self.chat_format, "sources": self.sources, "kinds": self.kinds,
             "frames": self.frames, "dropped": self.dropped, "examples": self.examples, "path": self.path,
@@ -340,26 +342,30 @@ def _examples(pairs: list[Pair], per_frame: int = EXAMPLES_PER_FRAME) -> dict[st
     return out
 
 
-def heldout_verdicts(persona: Persona, preferences: list[dict], heldout: list[Pair], chat_format: str) -> list[dict]:
-    """The verdicts the gate measures preference accuracy on, laid out like training rows:
-    every rejection (nothing is ever trained on a rejected reply) and the approvals and
-    edits whose pair landed in the held-out split — never one the candidate trained on."""
+def _verdict_row(persona: Persona, pref: dict, chat_format: str) -> dict:
+    if pref["type"] == "dpo":
+        chosen = pair_record(persona, pref["prompt"], pref["chosen"], chat_format)
+        rejected = pair_record(persona, pref["prompt"], pref["rejected"], chat_format)
+        return {"type": "dpo", "prompt": chosen["prompt"], "chosen": chosen["completion"],
+                "rejected": rejected["completion"], "turn_id": pref["turn_id"]}
+    record = pair_record(persona, pref["prompt"], pref["completion"], chat_format)
+    return {"type": "kto", **record, "label": pref["label"], "turn_id": pref["turn_id"]}
+
+
+def split_verdicts(persona: Persona, preferences: list[dict], heldout: list[Pair], chat_format: str,
+                   heldout_fraction: float) -> tuple[list[dict], list[dict]]:
+    """(training verdicts, held-out verdicts), laid out like training rows. An approval or
+    edit goes where its pair went (the candidate never trained on a held-out one, nor
+    learns a preference from one it is evaluated on); rejections, which have no pair, are
+    split by time like pairs: the newest slice is held out."""
     held = {p.turn_id for p in heldout if p.turn_id is not None}
-    rows = []
+    rejections = sorted((p for p in preferences if p["type"] == "kto" and not p["label"]), key=lambda p: p["turn_id"])
+    n = math.ceil(len(rejections) * heldout_fraction) if rejections else 0
+    held |= {p["turn_id"] for p in rejections[len(rejections) - n:]}
+    train, test = [], []
     for pref in preferences:
-        if pref["type"] == "kto" and pref["label"] and pref["turn_id"] not in held:
-            continue
-        if pref["type"] == "dpo":
-            if pref["turn_id"] not in held:
-                continue
-            chosen = pair_record(persona, pref["prompt"], pref["chosen"], chat_format)
-            rejected = pair_record(persona, pref["prompt"], pref["rejected"], chat_format)
-            rows.append({"type": "dpo", "prompt": chosen["prompt"], "chosen": chosen["completion"],
-                         "rejected": rejected["completion"], "turn_id": pref["turn_id"]})
-        else:
-            record = pair_record(persona, pref["prompt"], pref["completion"], chat_format)
-            rows.append({"type": "kto", **record, "label": pref["label"], "turn_id": pref["turn_id"]})
-    return rows
+        (test if pref["turn_id"] in held else train).append(_verdict_row(persona, pref, chat_format))
+    return train, test
 
 
 def harvest(
@@ -388,17 +394,18 @@ def harvest(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    verdicts = heldout_verdicts(persona, preferences, heldout, chat_format)
+    train_verdicts, verdicts = split_verdicts(persona, preferences, heldout, chat_format, heldout_fraction)
     for name, rows in (("train.jsonl", [p.record(persona, chat_format) for p in train]),
                        ("heldout.jsonl", [p.record(persona, chat_format) for p in heldout]),
                        ("preferences.jsonl", preferences),
+                       ("train_verdicts.jsonl", train_verdicts),
                        ("heldout_verdicts.jsonl", verdicts)):
         with open(out_dir / name, "w", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary = DatasetSummary(
         persona=persona.name, train=len(train), heldout=len(heldout), preferences=len(preferences),
-        heldout_verdicts=len(verdicts),
+        train_verdicts=len(train_verdicts), heldout_verdicts=len(verdicts),
         tokens=sum(p.tokens for p in pairs), chat_format=chat_format, sources=dict(Counter(p.source for p in pairs)),
         kinds=dict(Counter(p.kind for p in pairs)), frames=dict(Counter(p.frame for p in pairs)),
         dropped=dict(dropped), examples=_examples(pairs), path=str(out_dir),

@@ -127,6 +127,8 @@ def prepare_run(
         "threads": config.train_threads,
         "max_length": config.max_length,
         "seed": 0,
+        "preference": {"min_verdicts": config.preference_min_verdicts, "steps": config.preference_steps,
+                       "learning_rate": config.preference_learning_rate, "beta": config.preference_beta},
     }
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
     return run_dir, data

@@ -1,9 +1,11 @@
 """One training run, in its own process: `python -m tuning.train RUN_DIR`.
 
 RUN_DIR holds `config.json` (written by `tuning.pipeline`) and the harvested dataset
-(`train.jsonl`, `heldout.jsonl`). The run trains a LoRA with trl's `SFTTrainer` and a
-peft `LoraConfig` (loss on the completion only; never the embeddings or the LM head),
-as QLoRA (bitsandbytes 4-bit nf4, bf16 compute) when configured, then exports the
+(`train.jsonl`, `heldout.jsonl`, the verdicts). The run trains a LoRA with trl's
+`SFTTrainer` and a peft `LoraConfig` (loss on the completion only; never the embeddings
+or the LM head), as QLoRA (bitsandbytes 4-bit nf4, bf16 compute) when configured; with
+enough 👍/👎/edits a KTO preference stage follows on the same adapter
+(`preference_stage`); then it exports the
 adapter to GGUF and evaluates base / current / candidate on the held-out set
 (`tuning.evaluate`). Results go to `result.json`; promotion is the parent's decision.
 
@@ -172,8 +174,14 @@ def run(run_dir: Path) -> dict:
         status.update(state="cancelled", message="cancelled; nothing was promoted")
         return {"state": "cancelled"}
 
+    preference = preference_stage(trainer.model, tokenizer, run_dir, cfg, status, stop, qlora)
+    if stop["requested"] or (run_dir / CANCEL).exists():
+        status.update(state="cancelled", message="cancelled; nothing was promoted")
+        return {"state": "cancelled"}
+
     adapter_dir = run_dir / "adapter"
-    trainer.model.save_pretrained(str(adapter_dir))
+    # Only the trained adapter: KTO adds a frozen "ref" copy beside it as its reference.
+    trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"])
     status.update(state="exporting")
     from .export import export_peft_to_gguf
 
@@ -200,11 +208,68 @@ def run(run_dir: Path) -> dict:
             "seconds": round(train_s, 1),
             "qlora": qlora,
             "losses": status.data["losses"],
+            "preference": preference,
         },
         "eval": evaluation,
     }
     status.update(state="done", message="finished")
     return result
+
+
+def preference_stage(model, tokenizer, run_dir: Path, cfg: dict, status: Status, stop: dict, qlora: bool) -> dict:
+    """KTO on the training verdicts, after SFT, on the same LoRA. KTO fits what the user
+    actually gives — unpaired 👍/👎 — and an edit is one 👍 (the edited text) plus one 👎
+    (the model's reply); DPO would learn from edits alone. The reference is the SFT
+    adapter itself (trl copies it as a frozen "ref" adapter), so the stage moves the
+    persona towards approved and away from rejected replies without forgetting SFT.
+    Skipped (and said why) below `preference.min_verdicts`, or without both kinds."""
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import KTOConfig, KTOTrainer
+
+    pref = cfg.get("preference") or {}
+    rows = []
+    path = run_dir / "train_verdicts.jsonl"
+    verdicts = load_rows(path) if path.is_file() else []
+    for v in verdicts:
+        if v["type"] == "dpo":
+            rows += [{"prompt": v["prompt"], "completion": v["chosen"], "label": True},
+                     {"prompt": v["prompt"], "completion": v["rejected"], "label": False}]
+        else:
+            rows.append({"prompt": v["prompt"], "completion": v["completion"], "label": bool(v["label"])})
+    need = int(pref.get("min_verdicts", 0) or 0)
+    labels = {r["label"] for r in rows}
+    if not need or len(verdicts) < need or labels != {True, False}:
+        why = ("off (tuning.preference_min_verdicts = 0)" if not need else
+               f"{len(verdicts)} training verdicts, {need} needed (tuning.preference_min_verdicts)" if len(verdicts) < need else
+               "needs both approved and rejected replies")
+        return {"ran": False, "verdicts": len(verdicts), "examples": len(rows), "reason": why}
+
+    steps = int(pref.get("steps", 30))
+    status.update(state="preference", step=0, max_steps=steps,
+                  message=f"KTO on {len(verdicts)} verdicts ({len(rows)} examples)")
+
+    class Progress(TrainerCallback):
+        def on_step_end(self, args_, state, control, **kw):  # noqa: ARG002
+            if stop["requested"] or (run_dir / CANCEL).exists():
+                control.should_training_stop = True
+            status.update(step=state.global_step)
+
+    args = KTOConfig(
+        output_dir=str(run_dir / "kto"), max_steps=steps, learning_rate=float(pref.get("learning_rate", 5e-5)),
+        beta=float(pref.get("beta", 0.1)), per_device_train_batch_size=min(4, len(rows)),
+        logging_steps=1, save_strategy="no", report_to=[], max_length=cfg.get("max_length", 512),
+        use_cpu=not torch.cuda.is_available(), bf16=qlora, seed=cfg.get("seed", 0), dataloader_num_workers=0,
+        disable_tqdm=True, gradient_checkpointing=bool(qlora and torch.cuda.is_available()),
+    )
+    trainer = KTOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         callbacks=[Progress()])
+    started = time.perf_counter()
+    output = trainer.train()
+    model.set_adapter("default")
+    return {"ran": True, "verdicts": len(verdicts), "examples": len(rows), "steps": trainer.state.global_step,
+            "loss": round(float(output.training_loss), 4), "seconds": round(time.perf_counter() - started, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
