@@ -182,6 +182,15 @@ def _round(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 4)
 
 
+def preference_reference(evaluation: dict) -> tuple[str, float | None]:
+    """What the candidate's preference accuracy is held against: the current adapter's,
+    else the base model's — (its name, its accuracy)."""
+    current = evaluation.get("current_pref_accuracy")
+    if current is not None:
+        return "current adapter", current
+    return "base model", evaluation.get("base_pref_accuracy")
+
+
 def should_promote(evaluation: dict, margin: float) -> tuple[bool, str]:
     """The gate: beat the base, and beat the current adapter by `margin` (absolute loss)."""
     cand, base, cur = evaluation.get("candidate_loss"), evaluation.get("base_loss"), evaluation.get("current_loss")
@@ -195,9 +204,7 @@ def should_promote(evaluation: dict, margin: float) -> tuple[bool, str]:
     # Held-out verdicts: the candidate may not agree with the user's 👍/👎/edits less
     # often than what it would replace (the current adapter, else the base).
     pref = evaluation.get("candidate_pref_accuracy")
-    ref_name = "current adapter" if evaluation.get("current_pref_accuracy") is not None else "base model"
-    ref = evaluation.get("current_pref_accuracy", None)
-    ref = ref if ref is not None else evaluation.get("base_pref_accuracy")
+    ref_name, ref = preference_reference(evaluation)
     if pref is not None and ref is not None and pref < ref:
         n = evaluation.get("heldout_verdicts", 0)
         return False, (f"candidate loss {cand:.4f} beats {against}, but it agrees with {pref:.0%} of {n} held-out "

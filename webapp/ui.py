@@ -548,8 +548,9 @@ def _agreement(ev: dict) -> str:
     cand = ev.get("candidate_pref_accuracy")
     if cand is None:
         return "no held-out verdicts"
-    before = ev.get("current_pref_accuracy")
-    before = before if before is not None else ev.get("base_pref_accuracy")
+    from tuning.evaluate import preference_reference
+
+    before = preference_reference(ev)[1]
     was = f"{before:.0%}" if before is not None else "?"
     return f"{was} → {cand:.0%} ({ev.get('heldout_verdicts', 0)} verdicts)"
 
