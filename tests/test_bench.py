@@ -25,6 +25,9 @@ REQUIRED = [
     "train_s_per_1000_chars",
     # issue 13: evidence recall of hybrid and of today's dense scenes, vs fixed windows
     "recall_hybrid", "recall_dense_scenes",
+    # issue 16: the voice benchmark (Falstaff): held-out loss and style vs the base model,
+    # prompt-only Me's verbatim copies and meta-commentary vs Me with the adapter
+    "voice_heldout_loss", "voice_style_wins", "me_verbatim_copy", "me_meta_commentary",
 ]
 
 

@@ -22,6 +22,9 @@ class TuningConfig:
     # Threads of a training run. It also runs at nice 10, so chat keeps priority.
     train_threads: int = 1
     max_length: int = 512
+    # How much of the conversation before one of the user's lines a pair's prompt keeps
+    # (tokens, whole turns; scene memory only).
+    context_tokens: int = 200
     heldout_fraction: float = 0.1
     # A run needs at least this many training pairs.
     min_pairs: int = 8
@@ -29,8 +32,9 @@ class TuningConfig:
     promote_margin: float = 0.01
     # An HF-format model directory to train from; "" = materialise it from the GGUF base.
     hf_base: str = ""
-    # The background retraining job: how often it looks, how many new approved replies
-    # make a persona due, and how long it waits after a failed run before trying again.
+    # The background retraining job: how often it looks, how many new verdicts (approved,
+    # edited or rejected replies; the name predates 👎 training) make a persona due, and
+    # how long it waits after a failed run before trying again.
     schedule_minutes: float = 30.0
     min_new_approvals: int = 5
     retry_minutes: float = 60.0

@@ -377,6 +377,7 @@ def harvest(
     heldout_fraction: float = 0.1,
     max_tokens: int = MAX_PAIR_TOKENS,
     chat_format: str = CHAT,
+    context_tokens: int = CONTEXT_TOKENS,
 ) -> DatasetSummary:
     """Write train.jsonl, heldout.jsonl, preferences.jsonl and dataset.json into out_dir,
     the pairs laid out in `chat_format` (the base model's, see `personas.models`)."""
@@ -384,7 +385,8 @@ def harvest(
     damaged: Counter = Counter()
     if persona.name == "me" and store is not None and store.count():
         kinds = set(CHAT_KINDS) | set(TRANSCRIPT_KINDS) | set(PROSE_KINDS)
-        candidates += pairs_from_scenes(scenes_in_order(store, kinds), persona.system_prompt, dropped=damaged)
+        candidates += pairs_from_scenes(scenes_in_order(store, kinds), persona.system_prompt,
+                                        budget=context_tokens, dropped=damaged)
     candidates += pairs_from_examples(persona)
     journal_pairs, preferences = pairs_from_journal(journal, persona, budget=max_tokens // 2)
     candidates += journal_pairs

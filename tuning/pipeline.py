@@ -106,7 +106,7 @@ def prepare_run(
 ) -> tuple[Path, DatasetSummary]:
     run_dir = new_run_dir(home, persona.name)
     data = harvest(persona, run_dir, journal=journal, store=store, heldout_fraction=config.heldout_fraction,
-                   max_tokens=config.max_length, chat_format=chat_format)
+                   max_tokens=config.max_length, chat_format=chat_format, context_tokens=config.context_tokens)
     if data.train < config.min_pairs or data.heldout < 1:
         raise NotEnoughDataError(
             f"{persona.display_name} has {data.train} training pairs and {data.heldout} held-out; at least "
