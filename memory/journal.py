@@ -359,12 +359,13 @@ class Journal:
         return [Turn(**dict(r)) for r in rows]
 
     # -- background training ------------------------------------------------------------
-    def approvals_since(self, persona: str, watermark: int) -> tuple[int, int]:
-        """(count, newest id) of approved/edited turns of a persona after `watermark`."""
+    def verdicts_since(self, persona: str, watermark: int) -> tuple[int, int]:
+        """(count, newest id) of a persona's turns with a verdict (approved, edited or
+        rejected: each one trains, see `tuning.dataset`) after `watermark`."""
         with self._lock:
             row = self._db.execute(
                 "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM turns WHERE persona = ? AND id > ? "
-                "AND feedback IN ('approved', 'edited')",
+                "AND feedback IN ('approved', 'edited', 'rejected')",
                 (persona, watermark),
             ).fetchone()
         return int(row[0]), int(row[1])

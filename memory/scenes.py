@@ -189,6 +189,23 @@ def cut_scenes(
         yield scene
 
 
+def my_exchanges(text: str, me_speaker: str, source_kind: str) -> list[tuple[str, str]]:
+    """The user's lines in a stored chat or transcript scene, each with the turn said just
+    before it ("" when the user spoke first or twice in a row): how Me is shown its own
+    voice, as exchanges rather than as a list of quotes (scene lines are one turn each)."""
+    if source_kind in PROSE_KINDS or not me_speaker:
+        return []
+    prefix = f"{me_speaker}: "
+    out, before = [], ""
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            out.append((before, line[len(prefix):].strip()))
+            before = ""
+        elif ": " in line:
+            before = line.split(": ", 1)[1].strip()
+    return out
+
+
 def my_lines(text: str, me_speaker: str, source_kind: str) -> list[str]:
     """The lines of a stored scene that the user wrote (for style examples)."""
     if source_kind in PROSE_KINDS:

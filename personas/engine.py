@@ -235,8 +235,8 @@ class LlamaEngine:
         if isinstance(prompt, Rendered) and prompt.format == TRANSCRIPT:
             stream = self.llm.create_completion(prompt=prompt.text, stop=prompt.stop or None, stream=True, **kwargs)
             return stream, lambda chunk: chunk["choices"][0].get("text")
-        messages = prompt.messages if isinstance(prompt, Rendered) else prompt
-        stream = self.llm.create_chat_completion(messages=messages, stream=True, **kwargs)
+        messages, stop = (prompt.messages, prompt.stop or None) if isinstance(prompt, Rendered) else (prompt, None)
+        stream = self.llm.create_chat_completion(messages=messages, stop=stop, stream=True, **kwargs)
         return stream, lambda chunk: chunk["choices"][0]["delta"].get("content")
 
     def _run(self, prompt: list[dict] | Rendered, params: GenerationParams, timings: Timings, adapter: str | None,

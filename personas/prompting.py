@@ -2,18 +2,21 @@
 
 A `Script` says what a turn holds, independent of any model: the persona (its label,
 instructions and description, a few static example exchanges in its voice), the
-conversation so far, the new message, this turn's notes from memory and, for Me, lines
-the user wrote (style). `render` lays it out in the model's chat format
+conversation so far, the new message, this turn's notes from memory and, for Me, the
+user's own voice from memory: their past exchanges (what was said, what they answered)
+and lines of their notes (style). `render` lays it out in the model's chat format
 (`personas.models.chat_format`):
 
 - CHAT (instruction-tuned models with a chat template): role messages — the persona's
-  system prompt, the earlier turns as typed, then the new message with this turn's notes
-  before it. The engine applies the GGUF's template.
+  system prompt, the earlier turns as typed, Me's past exchanges as earlier turns, then
+  the new message with this turn's notes before it. The engine applies the GGUF's template.
 - TRANSCRIPT (base models, no template): one text — the persona's intro (description), a
   few example exchanges in its voice, then the conversation as `User: …` / `<Label>: …` lines;
-  this turn's notes and style lines sit just before the new message, and the text ends with
-  the persona's label so the model writes its line. Generation stops at the next speaker
-  label (`Rendered.stop`).
+  this turn's notes, style lines and Me's past exchanges sit just before the new message,
+  and the text ends with the persona's label so the model writes its line.
+Generation stops at the next speaker label, and at any line of a person from this turn's
+notes (`Rendered.stop`). Me's notes are worded to it as its own memory ("you"), never as
+"the user's" writing, which made small models comment on the user instead of answering.
 
 Both layouts keep everything that changes per turn (notes, style) *after* the history,
 and render the history identically turn after turn, so llama.cpp reuses its KV cache and
@@ -47,6 +50,12 @@ class Script:
     examples: list[tuple[str, str]] = field(default_factory=list)  # static exchanges in the persona's voice
     notes: list[str] = field(default_factory=list)  # this turn's notes from memory
     style: list[str] = field(default_factory=list)  # lines the user wrote (Me), this turn
+    # The user's own past exchanges (what was said, what the user answered), this turn (Me).
+    exchanges: list[tuple[str, str]] = field(default_factory=list)
+    own_voice: bool = False  # the persona is the user (Me): notes are its own memory
+    # Names of the people in this turn's notes: a reply stops where it would start a line
+    # of theirs (small models went on to write the whole remembered scene).
+    speakers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -56,16 +65,18 @@ class Rendered:
     format: str
     messages: list[dict] = field(default_factory=list)
     text: str = ""
-    stop: list[str] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)  # either layout: where the reply ends
 
 
 def script_for(persona, message: str, history: list[tuple[str, str]] | None = None,
-               notes: list[str] | None = None, style: list[str] | None = None) -> Script:
+               notes: list[str] | None = None, style: list[str] | None = None,
+               exchanges: list[tuple[str, str]] | None = None, speakers: list[str] | None = None) -> Script:
     """A Script for `persona` (a `personas.catalog.Persona`)."""
     return Script(
         label=persona.display_name, system=persona.system_prompt, description=persona.intro,
         message=message, history=list(history or []), examples=persona_examples(persona),
-        notes=list(notes or []), style=list(style or []),
+        notes=list(notes or []), style=list(style or []), exchanges=list(exchanges or []),
+        own_voice=persona.name == "me", speakers=list(speakers or []),
     )
 
 
@@ -91,22 +102,30 @@ def persona_examples(persona, n: int = EXAMPLE_EXCHANGES) -> list[tuple[str, str
 # -- chat (template) layout --------------------------------------------------------------
 def notes_block(script: Script) -> str:
     """The new message with this turn's notes before it (chat layout). Notes go in the
-    last message, never the system prompt, so the cached prefix stays valid."""
+    last message, never the system prompt, so the cached prefix stays valid. For Me they
+    are its own memory, in the second person: worded as "the user's writing", they made
+    small models talk about "the user" instead of as them."""
     if not script.notes and not script.style:
         return script.message
     parts = []
     if script.notes:
-        parts += ["Notes from the user's own past writing (use them if they help):", *script.notes]
+        head = ("From your own past chats and notes (what you remember; don't repeat it):" if script.own_voice
+                else "Notes from the user's own past writing (use them if they help):")
+        parts += [head, *script.notes]
     if script.style:
-        parts.append("How the user writes, in their own words:")
+        parts.append("Lines you wrote before:" if script.own_voice else "How the user writes, in their own words:")
         parts += [f"- {line}" for line in script.style]
-    parts.append(f"Message: {script.message}")
+    # Me gets the message as typed, under a rule: labelled "Message:", small models
+    # echoed the label and the message back as their reply.
+    parts.append(f"———\n{script.message}" if script.own_voice else f"Message: {script.message}")
     return "\n\n".join(parts)
 
 
 def chat_messages(script: Script) -> list[dict]:
+    """System prompt, the conversation, this turn's exchanges in the user's voice (Me: as
+    earlier turns, the way a chat model best picks up a voice), then the message."""
     messages = [{"role": "system", "content": script.system}]
-    for user, reply in script.history:
+    for user, reply in [*script.history, *script.exchanges]:
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
     messages.append({"role": "user", "content": notes_block(script)})
     return messages
@@ -134,19 +153,26 @@ def transcript_history(script: Script) -> str:
 
 
 def transcript_turn(script: Script) -> str:
-    """The part that is new each turn: notes, style lines, the message, the opened reply."""
+    """The part that is new each turn: notes, style lines, the user's own past exchanges
+    (as transcript lines under the persona's label: a base model continues what it sees),
+    the message, the opened reply."""
     parts = []
     if script.notes:
         parts.append(f"(From {script.label}'s own past writing:\n" + "\n".join(script.notes) + ")\n")
     if script.style:
         shown = script.style[:MAX_STYLE_LINES]
         parts.append(f"(Lines {script.label} wrote before: " + " / ".join(s.strip() for s in shown) + ")\n")
+    parts += [f"{_line(USER_LABEL, u)}\n{_line(script.label, r)}\n" for u, r in script.exchanges]
     parts.append(f"{_line(USER_LABEL, script.message)}\n{script.label}:")
     return "".join(parts)
 
 
+def speaker_stops(script: Script) -> list[str]:
+    return [f"\n{name}:" for name in script.speakers if name not in (USER_LABEL, script.label)]
+
+
 def transcript_stop(script: Script) -> list[str]:
-    return [f"\n{USER_LABEL}:", f"\n{script.label}:", "\n(From "]
+    return [f"\n{USER_LABEL}:", f"\n{script.label}:", "\n(From ", *speaker_stops(script)]
 
 
 def transcript_text(script: Script) -> str:
@@ -158,7 +184,7 @@ def render(script: Script, fmt: str) -> Rendered:
         return Rendered(TRANSCRIPT, text=transcript_text(script), stop=transcript_stop(script))
     if fmt != CHAT:
         raise ValueError(f"unknown chat format {fmt!r}")
-    return Rendered(CHAT, messages=chat_messages(script))
+    return Rendered(CHAT, messages=chat_messages(script), stop=speaker_stops(script))
 
 
 # -- training pairs -----------------------------------------------------------------------------

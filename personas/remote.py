@@ -408,11 +408,13 @@ class OpenAIEngine:
         (None, or a persona the server has no adapter for = the bare base model).
         `session` is accepted for the engine interface; the server keeps its own cache."""
         timings = Timings()
+        stop: list[str] = []
         if isinstance(messages, Rendered):
-            messages = messages.messages
-        return Generation(self._run(messages, params, timings, adapter), timings)
+            messages, stop = messages.messages, messages.stop
+        return Generation(self._run(messages, params, timings, adapter, stop), timings)
 
-    def request_body(self, messages: list[dict], params: GenerationParams, chosen: ServerAdapter | None) -> dict:
+    def request_body(self, messages: list[dict], params: GenerationParams, chosen: ServerAdapter | None,
+                     stop: list[str] | None = None) -> dict:
         gen = params.as_llama_kwargs()
         body = {
             "model": chosen.model if chosen and chosen.model else self.model,
@@ -427,15 +429,18 @@ class OpenAIEngine:
             "repeat_penalty": gen["repeat_penalty"],
             "repetition_penalty": gen["repeat_penalty"],
         }
+        if stop:
+            body["stop"] = stop
         if self._loras:
             body["lora"] = lora_field(self._loras, chosen if chosen and chosen.lora_id is not None else None)
         return body
 
     def _run(
-        self, messages: list[dict], params: GenerationParams, timings: Timings, adapter: str | None
+        self, messages: list[dict], params: GenerationParams, timings: Timings, adapter: str | None,
+        stop: list[str] | None = None,
     ) -> Iterator[str]:
         chosen = self.adapter_for(adapter)
-        body = self.request_body(messages, params, chosen)
+        body = self.request_body(messages, params, chosen, stop)
         key = (body["model"], chosen.lora_id if chosen else None)
         timings.adapter = chosen.label if chosen else ""
         timings.adapter_switched = self._last_request is not None and key != self._last_request

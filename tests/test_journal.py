@@ -71,3 +71,18 @@ def test_long_titles_are_shortened(tmp_path):
     j.start_turn(conv, "word " * 100, "me")
     title = j.get_conversation(conv).title
     assert len(title) <= 60 and title.endswith("…")
+
+
+def test_every_kind_of_verdict_counts_towards_retraining(tmp_path):
+    """👍, ✏️ and 👎 all train (SFT pairs, the KTO stage), so all three make a persona due."""
+    j = Journal(tmp_path / "j.sqlite3")
+    conv = j.create_conversation()
+    ids = []
+    for text in ("one", "two", "three", "four"):
+        ids.append(j.start_turn(conv, text, "me"))
+        j.finish_turn(ids[-1], f"reply to {text}")
+    j.set_feedback(ids[0], "approved")
+    j.set_feedback(ids[1], "edited", "my own words")
+    j.set_feedback(ids[2], "rejected")
+    assert j.verdicts_since("me", 0) == (3, ids[2])  # the fourth has no verdict yet
+    assert j.verdicts_since("me", ids[1]) == (1, ids[2]) and j.verdicts_since("poet", 0) == (0, 0)

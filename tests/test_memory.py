@@ -156,8 +156,9 @@ def test_reply_cites_retrieved_scenes(service):
     assert result.sources and result.sources[0]["source"].endswith("diary.txt")
     assert {"text", "source", "speaker", "score", "timestamp"} <= set(result.sources[0])
     prompt = seen[-1].messages[-1]["content"]
-    assert "Notes from the user's own past writing" in prompt and "watched the ice go" in prompt
-    assert "How the user writes" in prompt  # the me persona gets style lines
+    # Me's notes are its own memory, worded to it ("you"), never as "the user's" writing.
+    assert "From your own past chats and notes" in prompt and "watched the ice go" in prompt
+    assert "Lines you wrote before" in prompt and "the user" not in prompt  # the me persona gets style lines
     assert service.journal.get_turn(result.turn_id).source_list == result.sources
     # history keeps the message as typed, so the next turn's prefix stays stable
     nxt = service.build_prompt(service.catalog.get("me"), service.history(result.conversation_id), "and?")

@@ -161,6 +161,9 @@ def test_persona_adapter_is_selected_by_model_name_and_matches_in_process(server
     assert remote.fingerprint.startswith("openai-") and remote.fingerprint != engine.fingerprint
     assert remote.request_body(PROMPT, GREEDY, remote.adapter_for("poet"))["model"] == "poet"
     assert remote.request_body(PROMPT, GREEDY, remote.adapter_for("logician"))["model"] == "smollm2"
+    # A rendered prompt's stops (speakers of the turn's notes) reach the server too.
+    assert "stop" not in remote.request_body(PROMPT, GREEDY, None)
+    assert remote.request_body(PROMPT, GREEDY, None, ["\nAnna:"])["stop"] == ["\nAnna:"]
 
     base = remote.stream_chat(PROMPT, GREEDY).text()
     gen = remote.stream_chat(PROMPT, GREEDY, adapter="poet")

@@ -1,8 +1,9 @@
 """The background retraining job: an APScheduler `BackgroundScheduler` that, on an
-interval, looks at what the user approved and retrains a persona when enough is new.
+interval, looks at the user's verdicts and retrains a persona when enough are new.
 
 Each tick (one at a time: `max_instances=1`, `coalesce=True`):
-1. for every persona, count approved/edited turns newer than its watermark (the newest
+1. for every persona, count approved, edited and rejected turns newer than its
+   watermark (each kind trains: SFT pairs and the KTO stage; the newest
    feedback turn a finished run covered, kept in the journal);
 2. if a persona has at least `tuning.min_new_approvals` new ones, run the tuning
    pipeline for it (harvest → train in a low-priority subprocess → export → evaluate →
@@ -100,11 +101,11 @@ class RetrainScheduler:
 
     # -- the job --------------------------------------------------------------------------
     def due(self) -> list[tuple[str, int, int]]:
-        """(persona, new approvals, newest feedback id) for personas ready to retrain."""
+        """(persona, new verdicts, newest feedback id) for personas ready to retrain."""
         cfg, journal = self.deps.config, self.deps.journal
         ready = []
         for persona in self.deps.catalog.names():
-            new, newest = journal.approvals_since(persona, journal.watermark(persona))
+            new, newest = journal.verdicts_since(persona, journal.watermark(persona))
             if new < cfg.min_new_approvals or self._backing_off(persona):
                 continue
             ready.append((persona, new, newest))
@@ -121,14 +122,14 @@ class RetrainScheduler:
         """One pass of the job; returns what it did (for tests and the UI)."""
         done = []
         for persona, new, newest in self.due():
-            done.append(self.run(persona, newest, trigger=f"schedule: {new} new approvals"))
+            done.append(self.run(persona, newest, trigger=f"schedule: {new} new verdicts"))
         return done
 
     def run(self, persona: str, watermark: int | None = None, trigger: str = "manual", max_steps: int | None = None) -> dict:
         """Train one persona now (the job, or the UI's "retrain now")."""
         d = self.deps
         if watermark is None:
-            watermark = d.journal.approvals_since(persona, 0)[1]
+            watermark = d.journal.verdicts_since(persona, 0)[1]
         if not self._lock.acquire(blocking=False):
             return {"persona": persona, "status": "busy", "error": "another training run is in progress"}
         file_lock = TrainingLock(d.home)

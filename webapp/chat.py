@@ -27,6 +27,7 @@ from pathlib import Path
 
 from memory.errors import StoreUnavailableError
 from memory.journal import Journal, Turn
+from memory.scenes import my_exchanges
 from memory.service import Retrieval, SceneMemory
 from personas.adapters import AdapterLibrary
 from personas.catalog import Persona, PersonaCatalog
@@ -200,7 +201,7 @@ class ChatService:
         tuning = self.settings.tuning
         return harvest(chosen, new_run_dir(self.settings.home, f"dataset-{chosen.name}"), journal=self.journal,
                        store=self.store_for(chosen.name), heldout_fraction=tuning.heldout_fraction,
-                       max_tokens=tuning.max_length,
+                       max_tokens=tuning.max_length, context_tokens=tuning.context_tokens,
                        chat_format=base_chat_format(tuning, self.settings.engine.model_spec)).as_dict()
 
     @property
@@ -387,8 +388,10 @@ class ChatService:
         """The turn laid out in the model's chat format (`personas.prompting`): the
         persona first, the earlier turns as typed, then this turn's notes and message.
         Oldest turns are dropped, whole, when the history does not fit the context."""
-        notes, style = memory_notes(retrieval, persona)
-        script = script_for(persona, text, [], notes, style)
+        notes, style, exchanges = memory_notes(retrieval, persona)
+        speakers = sorted({name.strip() for hit in (retrieval.hits if retrieval else [])
+                           for name in hit.meta.get("speakers", "").split(",") if name.strip()})
+        script = script_for(persona, text, [], notes, style, exchanges, speakers)
         fmt = self.engine.chat_format
         count = self.engine.count_tokens
         budget = self.settings.engine.n_ctx - self.settings.engine.reply_reserve_tokens
@@ -412,17 +415,32 @@ class ChatService:
         return render(script, fmt)
 
 
-def memory_notes(retrieval: Retrieval | None, persona: Persona) -> tuple[list[str], list[str]]:
+MAX_EXCHANGES = 4  # the user's own past exchanges shown to Me in one turn
+
+
+def memory_notes(retrieval: Retrieval | None, persona: Persona) -> tuple[list[str], list[str], list[tuple[str, str]]]:
     """This turn's notes from memory (each scene with its kind and date) and, for Me, the
-    user's own lines among them as style examples."""
+    user's own voice: up to MAX_EXCHANGES of their past chat lines with the line each
+    answered (a chat scene that gives them is not repeated as a note), and lines of their
+    notes as style. Me is shown its voice as exchanges because, listed as quotes under
+    "how the user writes", small models commented on the list or copied it (issue 16:
+    `alterego bench --only voice`)."""
     if retrieval is None or not retrieval.hits:
-        return [], []
-    notes = []
+        return [], [], []
+    own = persona.name == "me"
+    notes: list[str] = []
+    exchanges: list[tuple[str, str]] = []
     for hit in retrieval.hits:
-        label = ", ".join(x for x in (hit.meta.get("source_kind", ""), _date(hit.meta.get("timestamp"))) if x)
+        kind = hit.meta.get("source_kind", "")
+        mine = [e for e in my_exchanges(hit.text, hit.meta.get("me_speaker", ""), kind) if e[0]] if own else []
+        if mine and len(exchanges) < MAX_EXCHANGES:
+            exchanges += mine[:MAX_EXCHANGES - len(exchanges)]
+            continue
+        label = ", ".join(x for x in (kind, _date(hit.meta.get("timestamp"))) if x)
         notes.append(f"[{label}]\n{hit.text}")
-    style = list(retrieval.style_lines) if persona.name == "me" else []
-    return notes, style
+    shown = {line for _, line in exchanges}
+    style = [line for line in retrieval.style_lines if line not in shown] if own else []
+    return notes, style, exchanges
 
 
 def _date(timestamp: float | None) -> str:

@@ -216,14 +216,14 @@ class ChatUI:
         svc = self.service
         counts = svc.journal.feedback_counts().get(persona, {"approved": 0, "edited": 0, "rejected": 0, "pending": 0})
         sched = svc.scheduler
-        new, _ = svc.journal.approvals_since(persona, svc.journal.watermark(persona))
+        new, _ = svc.journal.verdicts_since(persona, svc.journal.watermark(persona))
         need = svc.settings.tuning.min_new_approvals
         active = svc.adapters.active(persona)
         lines = [
             f"**{self._display(persona)}** · active adapter: **{active.tag if active else 'none (prompt-only)'}**",
             f"Replies: {counts['approved']} approved · {counts['edited']} edited · {counts['rejected']} rejected · "
             f"{counts['pending']} awaiting your verdict",
-            f"New approvals since the last run: **{new}** (a run starts at {need})",
+            f"New verdicts (👍, ✏️, 👎) since the last run: **{new}** (a run starts at {need})",
         ]
         nxt = sched.next_run()
         lines.append(f"Next scheduled check: {nxt:%Y-%m-%d %H:%M:%S}" if nxt else "Background job: not running")
@@ -559,9 +559,10 @@ def tuning_tab(ui: "ChatUI") -> gr.Timer:
     """The Tuning tab; returns its refresh timer, which build_app runs only while the tab
     is open (a timer ticking in every open browser tab kept an idle app busy)."""
     gr.Markdown(
-        "Each persona learns from the replies you approve. A background job retrains a persona when enough "
-        "new approvals have gathered, and promotes the new adapter only if it beats the current one on "
-        "held-out data. You can also retrain now, cancel a run, or roll back to the previous version."
+        "Each persona learns from your verdicts: replies you approve or edit, and replies you reject. A "
+        "background job retrains a persona when enough new verdicts have gathered, and promotes the new "
+        "adapter only if it beats the current one on held-out data. You can also retrain now, cancel a run, "
+        "or roll back to the previous version."
     )
     with gr.Row():
         persona = gr.Dropdown(choices=ui.persona_choices()[1:], value="me", label="Persona", scale=2,
