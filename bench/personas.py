@@ -10,8 +10,9 @@ Measures, in one run:
   - decode tokens/s with an adapter vs the bare base;
   - router cost per message (scoring with the retrieval embedding reused) next to the
     time to first token of a turn.
-Adapters are random GGUF LoRAs of rank 16 on q/k/v/o (written with `tuning.export`), the
-shape trained adapters have: their cost does not depend on what they learned.
+Adapters are random GGUF LoRAs of rank 16 on q/k/v/o (written with `tuning.export`):
+their cost does not depend on what they learned, but on their shape, and trained adapters
+are now larger (rank 32, MLP too: `tuning.config`), so these figures are a lower bound.
 
 Usage: .venv/bin/python -m bench.personas [--json] [--quick]
 Writes $ALTEREGO_HOME/bench/personas.json.

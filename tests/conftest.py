@@ -147,11 +147,15 @@ def tiny(home):
 
 
 def tuning_config(hf_base, **kw):
-    """Small, fast training settings for tests (a few steps on a tiny regular dataset)."""
+    """Small, fast training settings for tests (a few steps on a tiny regular dataset). The
+    LoRA is the small attention-only one these tests' learning rate and step counts were
+    calibrated on; the default shape (r=32 with the MLP) runs through the pipeline in the
+    voice benchmark's quick run (test_bench) and through export in test_gemma."""
     from tuning.config import TuningConfig
 
     defaults = dict(hf_base=str(hf_base), max_steps=6, batch_size=4, learning_rate=2e-3, min_pairs=4,
-                    heldout_fraction=0.2, train_threads=1)
+                    heldout_fraction=0.2, train_threads=1, lora_r=16, lora_alpha=16,
+                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     return TuningConfig(**{**defaults, **kw})
 
 
