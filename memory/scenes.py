@@ -210,7 +210,4 @@ def my_lines(text: str, me_speaker: str, source_kind: str) -> list[str]:
     """The lines of a stored scene that the user wrote (for style examples)."""
     if source_kind in PROSE_KINDS:
         return [p.strip() for p in text.split("\n\n") if p.strip()]
-    if not me_speaker:
-        return []
-    prefix = f"{me_speaker}: "
-    return [line[len(prefix):].strip() for line in text.splitlines() if line.startswith(prefix)]
+    return [line for _, line in my_exchanges(text, me_speaker, source_kind)]
