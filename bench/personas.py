@@ -7,6 +7,9 @@ Measures, in one run:
     snapshot restored) — also next to the same switch-back turns without snapshots;
   - switching adapters in the running engine (`llama_set_adapters_lora` + cache reset)
     vs reloading the model from disk;
+  - the same switches made the UI's way, the persona picked in the dropdown before the
+    message is typed (`ChatService.prepare` reads the conversation into the model under
+    it then), vs a same-persona turn; how long the preparing takes is a detail;
   - decode tokens/s with an adapter vs the bare base;
   - router cost per message (scoring with the retrieval embedding reused) next to the
     time to first token of a turn.
@@ -60,7 +63,24 @@ def _run(ws: Workspace, quick: bool) -> dict:
                 service.send(f"And is that valid, {i}?", persona="logician", conversation_id=conv).timings]
         return same, first, back
 
+    # The same switches made the UI's way: the persona is picked in the dropdown first,
+    # which reads the conversation into the model under it (`ChatService.prepare`) while
+    # the user types; the turn then pays only for its message.
+    def prepared_turns(i: int) -> tuple[dict, list[dict], list[dict]]:
+        conv = service.new_conversation()
+        for j in range(3):
+            service.send(f"Tell me about lakes and the sky, part {j} of run {i}, in a few lines.", persona="poet",
+                         conversation_id=conv)
+        same = service.send(f"Another line about lakes, number {i}.", persona="poet", conversation_id=conv).timings
+        prepares, turns = [], []
+        for persona, text in (("logician", f"Is claim {i} about lakes valid?"), ("poet", f"Back to verse, {i}."),
+                              ("logician", f"And is that valid, {i}?")):
+            prepares.append(service.prepare(persona, conv))
+            turns.append(service.send(text, persona=persona, conversation_id=conv).timings)
+        return same, prepares, turns
+
     same, first_switch, switch_back, switch_back_cold = [], [], [], []
+    prepared_same, prepares, prepared = [], [], []
     ws.progress("personas: warm-up turn")
     service.send("Hello there, let us talk about rivers.", persona="poet")
     for i in range(runs):
@@ -69,6 +89,11 @@ def _run(ws: Workspace, quick: bool) -> dict:
         same.append(s_)
         first_switch.append(f_)
         switch_back += b_
+        ws.progress(f"personas: switches prepared by a dropdown pick {i + 1}/{runs}")
+        s_, p_, t_ = prepared_turns(i)
+        prepared_same.append(s_)
+        prepares += p_
+        prepared += t_
     budget = engine.snapshots.max_bytes
     engine.snapshots.max_bytes = 0  # as before snapshots: every switch re-reads the conversation
     try:
@@ -141,6 +166,13 @@ def _run(ws: Workspace, quick: bool) -> dict:
             median(t["ttft_ms"] for t in first_switch), "ms",
             "a turn that stays with the same persona (and adapter), same conversation", ttft_same,
             better="lower", label="first switch", baseline_label="same persona"),
+        "persona_switch_prepared_ttft": figure(
+            "switch to a persona picked in the dropdown first (conversation prepared under it while the user types) "
+            "vs same-persona turn: TTFT",
+            median(t["ttft_ms"] for t in prepared), "ms",
+            "a turn that stays with the same persona (and adapter), same conversation",
+            median(t["ttft_ms"] for t in prepared_same),
+            better="lower", label="prepared switch", baseline_label="same persona"),
         "adapter_switch": figure(
             "adapter switch vs model reload", median(switch_s) * 1000, "ms",
             "reloading the GGUF model from disk (a new llama.cpp context)", median(reload_s) * 1000,
@@ -160,6 +192,10 @@ def _run(ws: Workspace, quick: bool) -> dict:
         "turn_first_switch_prompt_eval_tokens": median(t["prompt_eval_tokens"] for t in first_switch),
         "turn_switch_back_prompt_eval_tokens": median(t["prompt_eval_tokens"] for t in switch_back),
         "turn_switch_back_without_snapshots_prompt_eval_tokens": median(t["prompt_eval_tokens"] for t in switch_back_cold),
+        "turn_prepared_switch_prompt_eval_tokens": median(t["prompt_eval_tokens"] for t in prepared),
+        "prepare_ms": median(p["ms"] for p in prepares),
+        "prepare_ms_first_switch": median(p["ms"] for p in prepares[::3]),
+        "prepare_evaluated_tokens": median(p["evaluated_tokens"] for p in prepares),
         "snapshots_restored": sum(bool(t.get("snapshot_restored")) for t in switch_back),
         "snapshot_store": {"bytes": engine.snapshots.bytes, "entries": len(engine.snapshots),
                            "evictions": engine.snapshots.evictions},

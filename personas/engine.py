@@ -13,7 +13,9 @@ switched per generation with `llama_set_adapters_lora` — no model reload. The 
 built under one adapter is wrong under another, so a switch resets the cached tokens;
 but before the context moves to another (conversation, adapter) it is saved as a
 snapshot (`personas.kvcache`), and switching back restores it, so only the tokens since
-that persona's last turn are evaluated. A corrupt or mismatched adapter file is rejected
+that persona's last turn are evaluated. `prefill` reads a coming turn's known start (the
+persona and the conversation so far) in ahead of the message — the UI does it when a
+persona is picked — so even a first switch then pays only for the message. A corrupt or mismatched adapter file is rejected
 at load (`adapter_errors` says why) and its persona answers prompt-only.
 
 `create_engine` picks the engine the settings ask for: this one, or `remote.OpenAIEngine`
@@ -122,6 +124,7 @@ class LlamaEngine:
         self.snapshots = SnapshotStore(config.kv_snapshot_mb * 2**20)
         # (session, adapter label) whose tokens the context holds; None when unknown.
         self._owner: tuple | None = None
+        self._formatter = None  # the GGUF's chat template without the generation prompt (prefill)
 
     # -- adapters -------------------------------------------------------------------------
     def load_adapter(self, version: AdapterVersion, scale: float = 1.0) -> LoadedAdapter:
@@ -228,6 +231,49 @@ class LlamaEngine:
         (the conversation) keys the KV snapshots; None = no snapshot is kept or used."""
         timings = Timings()
         return Generation(self._run(prompt, params, timings, adapter, session), timings)
+
+    def prefill(self, prefix: Rendered, adapter: str | None = None, session=None) -> dict:
+        """Evaluate the start of a coming turn's prompt (`prompting.render_prefix`: the
+        persona's start and the conversation so far) under `persona`'s adapter, ahead of
+        the message: the UI calls it when a persona is picked, while the user types, so the
+        turn finds the conversation in the KV cache and pays only for its message. Tokens
+        already cached (the same key's snapshot, a common prefix) are not evaluated again;
+        the context being left is kept as a snapshot, as a turn would keep it."""
+        with self._lock:
+            switched, restored = self._enter(adapter, session)
+            started = time.perf_counter()
+            tokens = self._prefix_tokens(prefix)
+            cached = _common_prefix(list(self.llm._input_ids), tokens)
+            todo = tokens[cached:]
+            if todo:
+                self.llm.n_tokens = cached  # eval() drops the cache cells after it first
+                self.llm.eval(todo)
+            return {
+                "adapter": self._current_adapter.label if self._current_adapter else "",
+                "adapter_switched": switched, "snapshot_restored": restored,
+                "prefix_tokens": len(tokens), "evaluated_tokens": len(todo),
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+
+    def _prefix_tokens(self, prefix: Rendered) -> list[int]:
+        """The tokens llama-cpp-python would start the whole prompt with: the chat template
+        without the generation prompt (a chat model), or the text after the BOS (a
+        transcript) — tokenised as `create_chat_completion`/`create_completion` do."""
+        if prefix.format == TRANSCRIPT:
+            bos = [self.llm.token_bos()] if self.llm._model.add_bos_token() else []
+            return bos + self.llm.tokenize(prefix.text.encode("utf-8"), add_bos=False, special=True)
+        if self._formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            model = self.llm._model
+            self._formatter = Jinja2ChatFormatter(
+                template=self.llm.metadata["tokenizer.chat_template"],
+                eos_token=model.token_get_text(self.llm.token_eos()),
+                bos_token=model.token_get_text(self.llm.token_bos()),
+                add_generation_prompt=False,
+            )
+        text = self._formatter(messages=prefix.messages).prompt
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def _start(self, prompt: list[dict] | Rendered, params: GenerationParams):
         """The llama-cpp-python stream and how to take text out of its chunks."""

@@ -179,6 +179,18 @@ def transcript_text(script: Script) -> str:
     return transcript_header(script) + transcript_history(script) + transcript_turn(script)
 
 
+def render_prefix(script: Script, fmt: str) -> Rendered:
+    """The part of a turn's prompt that is known before the message is: the persona's
+    start and the conversation so far (no notes, no message). Every turn's prompt begins
+    with it, so evaluating it ahead (`engine.prefill`, when a persona is picked) leaves
+    only the new message for the turn itself."""
+    if fmt == TRANSCRIPT:
+        return Rendered(TRANSCRIPT, text=transcript_header(script) + transcript_history(script))
+    if fmt != CHAT:
+        raise ValueError(f"unknown chat format {fmt!r}")
+    return Rendered(CHAT, messages=chat_messages(script)[:-1])
+
+
 def render(script: Script, fmt: str) -> Rendered:
     if fmt == TRANSCRIPT:
         return Rendered(TRANSCRIPT, text=transcript_text(script), stop=transcript_stop(script))

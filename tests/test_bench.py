@@ -19,6 +19,7 @@ from conftest import ALTEREGO, ROOT, cli_env
 REQUIRED = [
     "chat_ttft", "chat_decode", "second_turn_ttft", "second_turn_prompt_eval", "second_turn_vs_cold",
     "persona_switch_back_ttft", "persona_switch_back_vs_before", "persona_first_switch_ttft",
+    "persona_switch_prepared_ttft",
     "adapter_switch", "ingest_scenes_per_s", "training_tokens_per_s",
     # the models suite: Gemma 3 270M next to SmolLM2 (issue 12)
     "bpc_ru", "bpc_en", "ttft", "decode", "fluency_ru", "russian_replies", "train_tokens_per_s",

@@ -1,7 +1,10 @@
 """KV-cache snapshots per (conversation, persona adapter), on the real model and real
 adapters: switching back to a persona restores its snapshot and evaluates only the new
 tokens, the restored state decodes exactly what a cold prefill decodes (greedy), and no
-snapshot ever serves another conversation or another adapter version."""
+snapshot ever serves another conversation or another adapter version. A prefix read in
+ahead of the message (`prefill`, `ChatService.prepare`: a persona picked in the dropdown)
+leaves the turn only its message, decodes like a cold prefill and never serves another
+conversation."""
 
 from __future__ import annotations
 
@@ -98,3 +101,60 @@ def test_the_store_is_a_bounded_lru():
     store.put("huge", snap(5000))  # larger than the budget: not kept, nothing evicted for it
     assert store.keys() == ["a", "c"]
     assert SnapshotStore(0).get("a") is None
+
+
+# -- prefill: a persona picked in the dropdown reads the conversation in before the message --
+def test_a_prefilled_prefix_leaves_only_the_message_and_decodes_like_a_cold_prefill(engine):
+    from personas.prompting import Rendered
+
+    long = "Tell me everything you know about mountains, valleys and snow, in detail. " * 6
+    history = convo("You are the Logician.", [long, "a reply", "Is that valid?", "It is."])
+    engine.stream_chat(convo("You are the Poet.", [long]), GREEDY, adapter="poet", session="P").text()
+    done = engine.prefill(Rendered("chat", messages=history), adapter="logician", session="P")
+    assert done["adapter"] == "logician/v1" and done["adapter_switched"]
+    assert done["evaluated_tokens"] == done["prefix_tokens"] > 100
+    assert ("P", engine.adapters["poet"].label) in engine.snapshots.keys()  # the context it left is kept
+    again = engine.prefill(Rendered("chat", messages=history), adapter="logician", session="P")
+    assert again["evaluated_tokens"] == 0  # already there: nothing is read twice
+    turn = history + [{"role": "user", "content": "And the snow?"}]
+    gen = engine.stream_chat(turn, GREEDY, adapter="logician", session="P")
+    text = gen.text()
+    assert not gen.timings.adapter_switched
+    # The turn evaluates its message (and the template's few tokens around it) only.
+    assert gen.timings.prompt_eval_tokens <= engine.count_tokens("And the snow?") + 10
+    assert text == cold(engine, turn, "logician")
+
+
+def test_a_prefill_never_serves_another_conversation(engine):
+    from personas.prompting import Rendered
+
+    secret = convo("You are the Poet.", ["Conversation S is about a secret garden behind the old mill.", "Yes."])
+    engine.prefill(Rendered("chat", messages=secret), adapter="poet", session="S")
+    other = convo("You are the Poet.", ["Conversation T is about the harbour at night.", "Yes.", "Go on."])
+    gen = engine.stream_chat(other, GREEDY, adapter="poet", session="T")
+    text = gen.text()
+    # Only the tokens both prompts start with (the system prompt, "Conversation") may be
+    # reused; everything of T's own is evaluated.
+    shared = 0
+    for x, y in zip(engine._prefix_tokens(Rendered("chat", messages=secret)),
+                    engine._prefix_tokens(Rendered("chat", messages=other))):
+        if x != y:
+            break
+        shared += 1
+    assert 0 < gen.timings.prompt_tokens - gen.timings.prompt_eval_tokens <= shared
+    assert text == cold(engine, other, "poet")
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
+def test_chat_service_prepare_matches_the_next_turns_prompt(service_factory, model):
+    """Both layouts (chat template, transcript): after `prepare`, a switch to the picked
+    persona evaluates only its message's part of the prompt."""
+    service = service_factory(model)
+    conv = service.send("Tell me about the rivers of the north, in a few lines.", persona="poet").conversation_id
+    service.send("And the lakes?", persona="poet", conversation_id=conv)
+    cold_switch = service.send("Is the claim valid?", persona="logician", conversation_id=conv).timings
+    done = service.prepare("philosopher", conv)
+    assert done["evaluated_tokens"] > 0
+    turn = service.send("What is a river, really?", persona="philosopher", conversation_id=conv).timings
+    assert turn["prompt_eval_tokens"] < 40 < cold_switch["prompt_eval_tokens"]
+    assert service.prepare("auto", conv) is None  # the router picks from the message: nothing to read ahead

@@ -34,7 +34,7 @@ from personas.catalog import Persona, PersonaCatalog
 from personas.engine import Engine, create_engine
 from personas.errors import EngineConfigError, ModelNotFoundError
 from personas.models import CHAT, embedded_info, fingerprint, resolve_chat_model
-from personas.prompting import Rendered, render, script_for
+from personas.prompting import Rendered, render, render_prefix, script_for
 from personas.router import AUTO, PromptRouter, RouteDecision
 
 from . import modelchoice
@@ -305,9 +305,7 @@ class ChatService:
         chosen = None if auto else self.catalog.get(persona)
         engine = self.engine  # a missing model fails here, before the turn is written
         engine.sync_adapters(self.adapters)  # a newly promoted adapter is used from this turn on
-        if conversation_id is not None and self.journal.get_conversation(conversation_id) is None:
-            conversation_id = None  # gone (or never was): this message starts a new one
-        prior = [t for t in self.journal.turns(conversation_id) if t.status == "ok"] if conversation_id else []
+        conversation_id, prior = self._prior(conversation_id)
         t_retrieve = time.perf_counter()
         retrieval = self.memory.retrieve(text, recent=[t.user_text for t in prior[-1:]])
         t_route = time.perf_counter()
@@ -393,17 +391,58 @@ class ChatService:
                            for name in hit.meta.get("speakers", "").split(",") if name.strip()})
         script = script_for(persona, text, [], notes, style, exchanges, speakers)
         fmt = self.engine.chat_format
-        count = self.engine.count_tokens
-        budget = self.settings.engine.n_ctx - self.settings.engine.reply_reserve_tokens
-        rendered = render(script, fmt)
-        # Role/template overhead is a few tokens a message; a transcript is plain text.
-        used = (sum(count(m["content"]) + 8 for m in rendered.messages) if fmt == CHAT else count(rendered.text) + 2)
+        used = self._prompt_tokens(render(script, fmt))
+        budget = self._history_budget()
         if used > budget:
             raise ChatInputError(
                 f"The message needs about {used} tokens but the model's context allows {budget} "
                 "before the reply; shorten it or raise engine.n_ctx."
             )
-        # Keep the newest turns that fit; drop whole (user, reply) pairs from the start.
+        script.history = self._fit_history(prior, used)
+        return render(script, fmt)
+
+    def prepare(self, persona: str, conversation_id: int | None = None) -> dict | None:
+        """Evaluate a persona's start and the conversation so far ahead of the next
+        message (`engine.prefill`): the UI calls it when a persona is picked in the
+        dropdown, so the turn that follows — a switch to that persona — pays only for its
+        message, as a turn that stays with a persona does. Auto mode has nothing to prepare
+        (the router picks the persona from the message). Returns the engine's figures, or
+        None when there was nothing to do."""
+        if (persona or "").strip().lower() == AUTO:
+            return None
+        chosen = self.catalog.get(persona)
+        engine = self.engine
+        engine.sync_adapters(self.adapters)
+        conversation_id, prior = self._prior(conversation_id)
+        script = script_for(chosen, "")
+        fmt = engine.chat_format
+        # The turn will keep the same history unless its own notes and message push the
+        # oldest turns out; then it reuses what matches and evaluates the rest itself.
+        script.history = self._fit_history(prior, self._prompt_tokens(render(script, fmt)))
+        return engine.prefill(render_prefix(script, fmt), adapter=chosen.name, session=conversation_id)
+
+    def _prior(self, conversation_id: int | None) -> tuple[int | None, list[Turn]]:
+        """The conversation (None when it is gone, or never was: the message starts a new
+        one) and its completed turns."""
+        if conversation_id is not None and self.journal.get_conversation(conversation_id) is None:
+            return None, []
+        return conversation_id, ([t for t in self.journal.turns(conversation_id) if t.status == "ok"]
+                                 if conversation_id else [])
+
+    def _history_budget(self) -> int:
+        return self.settings.engine.n_ctx - self.settings.engine.reply_reserve_tokens
+
+    def _prompt_tokens(self, rendered: Rendered) -> int:
+        # Role/template overhead is a few tokens a message; a transcript is plain text.
+        count = self.engine.count_tokens
+        if rendered.format == CHAT:
+            return sum(count(m["content"]) + 8 for m in rendered.messages)
+        return count(rendered.text) + 2
+
+    def _fit_history(self, prior: list[Turn], used: int) -> list[tuple[str, str]]:
+        """The newest turns that fit the context after `used` tokens; whole (user, reply)
+        pairs are dropped from the start."""
+        count, budget = self.engine.count_tokens, self._history_budget()
         kept: list[tuple[str, str]] = []
         for turn in reversed(prior):
             pair_cost = count(turn.user_text) + count(turn.reply) + 16
@@ -411,8 +450,7 @@ class ChatService:
                 break
             used += pair_cost
             kept.insert(0, (turn.user_text, turn.reply))
-        script.history = kept
-        return render(script, fmt)
+        return kept
 
 
 MAX_EXCHANGES = 4  # the user's own past exchanges shown to Me in one turn

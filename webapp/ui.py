@@ -211,6 +211,16 @@ class ChatUI:
                 status += f"  \n⚠️ Answered without memory: {update.memory_error}"
             yield final, "", update.conversation_id, status
 
+    def prepare(self, persona: str, conversation_id: int | None) -> None:
+        """A persona was picked (or a conversation opened): read the conversation into the
+        model under that persona now, while the user types, so the next reply starts
+        without re-reading it. Best effort: a failure here only costs that speed-up, and
+        the turn itself reports any real problem."""
+        try:
+            self.service.prepare(persona, conversation_id)
+        except Exception as exc:  # noqa: BLE001 — never an error box for a look-ahead
+            log.info("prepare %s skipped: %s", persona, exc)
+
     # -- tuning tab ---------------------------------------------------------------------
     def tuning_overview(self, persona: str) -> str:
         svc = self.service
@@ -487,7 +497,13 @@ def chat_tab(ui: ChatUI) -> tuple:
     new_btn.click(ui.new_conversation, None, [chatbot, conversation, status], api_name=False).then(
         refresh_list, None, [conversations], api_name=False
     )
-    conversations.input(ui.open_conversation, [conversations], [chatbot, conversation, status], api_name=False)
+    conversations.input(ui.open_conversation, [conversations], [chatbot, conversation, status], api_name=False).then(
+        ui.prepare, [persona, conversation], None, api_name=False, show_progress="hidden"
+    )
+    # Picking a persona reads the conversation into the model under it straight away, so
+    # the switch costs the reply nothing (the user is still typing); the newest pick wins.
+    persona.input(ui.prepare, [persona, conversation], None, api_name=False, show_progress="hidden",
+                  trigger_mode="always_last")
 
     def liked(conv, data: gr.LikeData):
         return ui.on_like(conv, data.index, data.liked)
