@@ -4,7 +4,9 @@ Measures, in one run:
   - chat turns that switch persona (and adapter) vs a turn that stays with the same
     persona (time to first token through ChatService, same conversation): the first switch
     to a persona in a conversation, and a switch back to one already used there (its KV
-    snapshot restored) — also next to the same switch-back turns without snapshots;
+    snapshot restored, and brought up to date in the background after the turn before,
+    while the user reads — waited for here) — also next to the same switch-back turns
+    without snapshots (and so without catch-up);
   - switching adapters in the running engine (`llama_set_adapters_lora` + cache reset)
     vs reloading the model from disk;
   - the same switches made the UI's way, the persona picked in the dropdown before the
@@ -40,6 +42,7 @@ def _run(ws: Workspace, quick: bool) -> dict:
 
     runs = 1 if quick else 6
     service = ws.service("personas", max_tokens=16 if quick else 32)
+    service.catch_up = True  # as the app server runs it
     engine = service.engine
     home = service.settings.home
     layers, dims = llama_dims(engine.llm.metadata)
@@ -52,15 +55,21 @@ def _run(ws: Workspace, quick: bool) -> dict:
     # the first switch to a persona in a conversation (a full prefill under its adapter),
     # and a switch back to one already used there (its KV snapshot restored), the latter
     # also with snapshots turned off — how every switch was served before them.
+    def send(text: str, persona: str, conv: int) -> dict:
+        """A turn, then the user's reading and typing time — during which the previous
+        persona of the conversation is caught up in the background (`ChatService`), as
+        in the app; it is waited for here rather than slept through."""
+        timings = service.send(text, persona=persona, conversation_id=conv).timings
+        service.wait_for_catch_up(timeout=60)
+        return timings
+
     def conversation_turns(i: int) -> tuple[dict, dict, list[dict]]:
         conv = service.new_conversation()
         for j in range(3):  # some history, so a re-prefill has something to re-read
-            service.send(f"Tell me about rivers and the sea, part {j} of run {i}, in a few lines.", persona="poet",
-                         conversation_id=conv)
-        same = service.send(f"Another line about rivers, number {i}.", persona="poet", conversation_id=conv).timings
-        first = service.send(f"Is claim {i} about rivers valid?", persona="logician", conversation_id=conv).timings
-        back = [service.send(f"Back to verse, {i}.", persona="poet", conversation_id=conv).timings,
-                service.send(f"And is that valid, {i}?", persona="logician", conversation_id=conv).timings]
+            send(f"Tell me about rivers and the sea, part {j} of run {i}, in a few lines.", "poet", conv)
+        same = send(f"Another line about rivers, number {i}.", "poet", conv)
+        first = send(f"Is claim {i} about rivers valid?", "logician", conv)
+        back = [send(f"Back to verse, {i}.", "poet", conv), send(f"And is that valid, {i}?", "logician", conv)]
         return same, first, back
 
     # The same switches made the UI's way: the persona is picked in the dropdown first,
@@ -69,14 +78,13 @@ def _run(ws: Workspace, quick: bool) -> dict:
     def prepared_turns(i: int) -> tuple[dict, list[dict], list[dict]]:
         conv = service.new_conversation()
         for j in range(3):
-            service.send(f"Tell me about lakes and the sky, part {j} of run {i}, in a few lines.", persona="poet",
-                         conversation_id=conv)
-        same = service.send(f"Another line about lakes, number {i}.", persona="poet", conversation_id=conv).timings
+            send(f"Tell me about lakes and the sky, part {j} of run {i}, in a few lines.", "poet", conv)
+        same = send(f"Another line about lakes, number {i}.", "poet", conv)
         prepares, turns = [], []
         for persona, text in (("logician", f"Is claim {i} about lakes valid?"), ("poet", f"Back to verse, {i}."),
                               ("logician", f"And is that valid, {i}?")):
             prepares.append(service.prepare(persona, conv))
-            turns.append(service.send(text, persona=persona, conversation_id=conv).timings)
+            turns.append(send(text, persona, conv))
         return same, prepares, turns
 
     same, first_switch, switch_back, switch_back_cold = [], [], [], []

@@ -11,7 +11,7 @@ for its new tokens — `Timings.prompt_eval_tokens` shows whether that happened.
 Persona adapters (GGUF LoRA) are loaded once each with `llama_adapter_lora_init` and
 switched per generation with `llama_set_adapters_lora` — no model reload. The KV cache
 built under one adapter is wrong under another, so a switch resets the cached tokens;
-but before the context moves to another (conversation, adapter) it is saved as a
+but before the context moves to another (conversation, adapter, persona) it is saved as a
 snapshot (`personas.kvcache`), and switching back restores it, so only the tokens since
 that persona's last turn are evaluated. `prefill` reads a coming turn's known start (the
 persona and the conversation so far) in ahead of the message — the UI does it when a
@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 # How often an empty reply is sampled again before it is returned as it is.
 EMPTY_REPLY_RETRIES = 2
+# Tokens per step of a background prefill, which checks between steps whether a turn is
+# waiting for the engine: small enough to give way within tens of milliseconds.
+PREFILL_CHUNK = 64
 
 
 @dataclass
@@ -125,6 +128,8 @@ class LlamaEngine:
         # (session, adapter label) whose tokens the context holds; None when unknown.
         self._owner: tuple | None = None
         self._formatter = None  # the GGUF's chat template without the generation prompt (prefill)
+        self._turns_waiting = 0  # turns blocked on the lock: a background prefill gives way to them
+        self._waiting_lock = threading.Lock()
 
     # -- adapters -------------------------------------------------------------------------
     def load_adapter(self, version: AdapterVersion, scale: float = 1.0) -> LoadedAdapter:
@@ -198,7 +203,9 @@ class LlamaEngine:
         the lock. The context being left is kept as a snapshot; the target's snapshot, if
         any, is restored. Returns (adapter switched, snapshot restored)."""
         wanted = self.adapters.get(persona) if persona else None
-        key = (session, wanted.label if wanted else "") if session is not None else None
+        # The persona is part of the key: prompt-only personas share the bare base ("")
+        # but not their prompt, and each keeps its own conversation state.
+        key = (session, wanted.label if wanted else "", persona or "") if session is not None else None
         if key is not None and key == self._owner and wanted is self._current_adapter:
             return False, False
         if self._owner is not None and self.llm.n_tokens and self.snapshots.max_bytes \
@@ -232,26 +239,32 @@ class LlamaEngine:
         timings = Timings()
         return Generation(self._run(prompt, params, timings, adapter, session), timings)
 
-    def prefill(self, prefix: Rendered, adapter: str | None = None, session=None) -> dict:
+    def prefill(self, prefix: Rendered, adapter: str | None = None, session=None, *,
+                yield_to_turns: bool = False) -> dict:
         """Evaluate the start of a coming turn's prompt (`prompting.render_prefix`: the
         persona's start and the conversation so far) under `persona`'s adapter, ahead of
         the message: the UI calls it when a persona is picked, while the user types, so the
         turn finds the conversation in the KV cache and pays only for its message. Tokens
         already cached (the same key's snapshot, a common prefix) are not evaluated again;
-        the context being left is kept as a snapshot, as a turn would keep it."""
+        the context being left is kept as a snapshot, as a turn would keep it.
+        `yield_to_turns` (background catch-up): evaluate in small chunks and stop as soon
+        as a turn waits for the engine; what was read so far stays cached."""
         with self._lock:
             switched, restored = self._enter(adapter, session)
             started = time.perf_counter()
             tokens = self._prefix_tokens(prefix)
             cached = _common_prefix(list(self.llm._input_ids), tokens)
-            todo = tokens[cached:]
-            if todo:
-                self.llm.n_tokens = cached  # eval() drops the cache cells after it first
-                self.llm.eval(todo)
+            self.llm.n_tokens = cached  # eval() drops the cache cells after it first
+            step = PREFILL_CHUNK if yield_to_turns else max(1, len(tokens))
+            done = cached
+            while done < len(tokens) and not (yield_to_turns and self._turns_waiting):
+                self.llm.eval(tokens[done:done + step])
+                done = self.llm.n_tokens
             return {
                 "adapter": self._current_adapter.label if self._current_adapter else "",
                 "adapter_switched": switched, "snapshot_restored": restored,
-                "prefix_tokens": len(tokens), "evaluated_tokens": len(todo),
+                "prefix_tokens": len(tokens), "evaluated_tokens": done - cached,
+                "interrupted": done < len(tokens),
                 "ms": round((time.perf_counter() - started) * 1000, 2),
             }
 
@@ -287,44 +300,58 @@ class LlamaEngine:
 
     def _run(self, prompt: list[dict] | Rendered, params: GenerationParams, timings: Timings, adapter: str | None,
              session=None) -> Iterator[str]:
-        with self._lock:
-            timings.adapter_switched, timings.snapshot_restored = self._enter(adapter, session)
-            timings.adapter = self._current_adapter.label if self._current_adapter else ""
-            cached_before = list(self.llm._input_ids)  # tokens already in the KV cache
-            started = time.perf_counter()
-            first = None
-            spoke = False
-            try:
-                while True:
-                    stream, text_of = self._start(prompt, params)
-                    try:
-                        for chunk in stream:
-                            piece = text_of(chunk)
-                            if not piece:
-                                continue
-                            first = timings.count_piece(started, first)
-                            spoke = spoke or bool(piece.strip())
-                            yield piece
-                    finally:
-                        # Closing the inner stream early (the UI's stop, a client gone)
-                        # still leaves the lock released and the timings honest.
-                        stream.close()
-                    # A sampled end-of-turn (EOS or the next speaker's label) as the very
-                    # first token leaves the user with an empty reply; a fine-tuned persona
-                    # that learned short answers does that about one time in ten. The
-                    # prompt is cached, so sampling again costs a token, not a prefill.
-                    if spoke or timings.empty_retries >= EMPTY_REPLY_RETRIES:
-                        break
-                    timings.empty_retries += 1
-            finally:
-                end = time.perf_counter()
-                timings.total_ms = (end - started) * 1000
-                if first is not None and timings.tokens > 1:
-                    timings.tokens_per_s = (timings.tokens - 1) / max(end - first, 1e-9)
-                timings.prompt_tokens = max(0, self.llm.n_tokens - timings.tokens)
-                timings.prompt_eval_tokens = max(
-                    0, timings.prompt_tokens - _common_prefix(cached_before, list(self.llm._input_ids))
-                )
+        with self._waiting_lock:
+            self._turns_waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._waiting_lock:
+                self._turns_waiting -= 1
+        try:
+            yield from self._generate(prompt, params, timings, adapter, session)
+        finally:
+            self._lock.release()
+
+    def _generate(self, prompt: list[dict] | Rendered, params: GenerationParams, timings: Timings,
+                  adapter: str | None, session) -> Iterator[str]:
+        """One generation; called under the lock."""
+        timings.adapter_switched, timings.snapshot_restored = self._enter(adapter, session)
+        timings.adapter = self._current_adapter.label if self._current_adapter else ""
+        cached_before = list(self.llm._input_ids)  # tokens already in the KV cache
+        started = time.perf_counter()
+        first = None
+        spoke = False
+        try:
+            while True:
+                stream, text_of = self._start(prompt, params)
+                try:
+                    for chunk in stream:
+                        piece = text_of(chunk)
+                        if not piece:
+                            continue
+                        first = timings.count_piece(started, first)
+                        spoke = spoke or bool(piece.strip())
+                        yield piece
+                finally:
+                    # Closing the inner stream early (the UI's stop, a client gone)
+                    # still leaves the lock released and the timings honest.
+                    stream.close()
+                # A sampled end-of-turn (EOS or the next speaker's label) as the very
+                # first token leaves the user with an empty reply; a fine-tuned persona
+                # that learned short answers does that about one time in ten. The
+                # prompt is cached, so sampling again costs a token, not a prefill.
+                if spoke or timings.empty_retries >= EMPTY_REPLY_RETRIES:
+                    break
+                timings.empty_retries += 1
+        finally:
+            end = time.perf_counter()
+            timings.total_ms = (end - started) * 1000
+            if first is not None and timings.tokens > 1:
+                timings.tokens_per_s = (timings.tokens - 1) / max(end - first, 1e-9)
+            timings.prompt_tokens = max(0, self.llm.n_tokens - timings.tokens)
+            timings.prompt_eval_tokens = max(
+                0, timings.prompt_tokens - _common_prefix(cached_before, list(self.llm._input_ids))
+            )
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -1,15 +1,16 @@
-"""KV-cache snapshots per (conversation, adapter), so switching persona back and forth in a
-conversation does not re-read the whole conversation.
+"""KV-cache snapshots per (conversation, adapter, persona), so switching persona back and
+forth in a conversation does not re-read the whole conversation.
 
 llama.cpp keeps one KV cache per context. A persona switch changes the prompt's start (its
 own system prompt or header) and usually its LoRA adapter, under which every cached key
 and value is wrong, so the engine used to throw the cache away on each switch. Before the
-context moves to another (conversation, adapter) key, the engine now saves its state here —
+context moves to another (conversation, adapter, persona) key, the engine now saves its state here —
 llama.cpp's serialised context (`llama_state_get_data`: the KV cells in use, a few MB) and
 the tokens it holds — and restores the target key's snapshot, if there is one, so only the
-tokens after that persona's last turn are evaluated. Keys hold the adapter's label with its
-version ("poet/v3", "" for the bare base), so a snapshot never crosses conversations or
-adapter versions. (llama-cpp-python's own `save_state` also copies a logits buffer of up
+tokens after that persona's last turn are evaluated. Keys hold the conversation, the
+adapter's label with its version ("poet/v3", "" for the bare base) and the persona (prompt-
+only personas share the bare base, not their prompt), so a snapshot never crosses
+conversations, personas or adapter versions. (llama-cpp-python's own `save_state` also copies a logits buffer of up
 to n_batch × vocabulary floats — 268 MB for Gemma's 262k vocabulary — and its
 `LlamaRAMCache` keys states by token prefix alone, knowing nothing of adapters.)
 

@@ -413,12 +413,13 @@ class OpenAIEngine:
             messages, stop = messages.messages, messages.stop
         return Generation(self._run(messages, params, timings, adapter, stop), timings)
 
-    def prefill(self, prefix: Rendered, adapter: str | None = None, session=None) -> dict:
+    def prefill(self, prefix: Rendered, adapter: str | None = None, session=None, *,
+                yield_to_turns: bool = False) -> dict:
         """The engine interface's look-ahead (`LlamaEngine.prefill`): nothing to do here,
         since the server keeps its own prompt cache and an OpenAI-compatible API has no
         way to fill it without generating."""
         return {"adapter": "", "adapter_switched": False, "snapshot_restored": False,
-                "prefix_tokens": 0, "evaluated_tokens": 0, "ms": 0.0}
+                "prefix_tokens": 0, "evaluated_tokens": 0, "interrupted": False, "ms": 0.0}
 
     def request_body(self, messages: list[dict], params: GenerationParams, chosen: ServerAdapter | None,
                      stop: list[str] | None = None) -> dict:

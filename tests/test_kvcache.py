@@ -73,7 +73,7 @@ def test_a_snapshot_never_serves_another_conversation_or_adapter(engine):
     a = convo("You are the Poet.", ["Conversation A speaks of apples and orchards, and nothing else at all."])
     engine.stream_chat(a, GREEDY, adapter="poet", session="A").text()
     engine.stream_chat(convo("You are the Logician.", ["x"]), GREEDY, adapter="logician", session="A").text()
-    assert ("A", "poet/v1") in engine.snapshots.keys()
+    assert ("A", "poet/v1", "poet") in engine.snapshots.keys()
     b = convo("You are the Poet.", ["Conversation B speaks of trains and stations, and nothing else at all."])
     gen = engine.stream_chat(b, GREEDY, adapter="poet", session="B")
     text = gen.text()
@@ -113,7 +113,7 @@ def test_a_prefilled_prefix_leaves_only_the_message_and_decodes_like_a_cold_pref
     done = engine.prefill(Rendered("chat", messages=history), adapter="logician", session="P")
     assert done["adapter"] == "logician/v1" and done["adapter_switched"]
     assert done["evaluated_tokens"] == done["prefix_tokens"] > 100
-    assert ("P", engine.adapters["poet"].label) in engine.snapshots.keys()  # the context it left is kept
+    assert ("P", engine.adapters["poet"].label, "poet") in engine.snapshots.keys()  # the context it left is kept
     again = engine.prefill(Rendered("chat", messages=history), adapter="logician", session="P")
     assert again["evaluated_tokens"] == 0  # already there: nothing is read twice
     turn = history + [{"role": "user", "content": "And the snow?"}]
@@ -158,3 +158,49 @@ def test_chat_service_prepare_matches_the_next_turns_prompt(service_factory, mod
     turn = service.send("What is a river, really?", persona="philosopher", conversation_id=conv).timings
     assert turn["prompt_eval_tokens"] < 40 < cold_switch["prompt_eval_tokens"]
     assert service.prepare("auto", conv) is None  # the router picks from the message: nothing to read ahead
+
+
+def test_a_background_prefill_gives_way_to_a_turn(engine):
+    import threading
+    import time
+
+    from personas.prompting import Rendered
+
+    long = convo("You are the Poet.", [" ".join(f"river{i}" for i in range(700)), "Yes."])
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(engine.prefill(
+        Rendered("chat", messages=long), adapter="poet", session="G", yield_to_turns=True)))
+    with engine._lock:  # an empty context, so its token count shows the prefill's progress
+        engine.llm.reset()
+        engine._owner = None
+    worker.start()
+    deadline = time.monotonic() + 120
+    while engine.llm.n_tokens < 2 * 64 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the prefill is under way
+    turn = convo("You are the Logician.", ["Is this valid?"])
+    gen = engine.stream_chat(turn, GREEDY, adapter="logician", session="H")
+    text = gen.text()
+    worker.join()
+    assert out["interrupted"] and 0 < out["evaluated_tokens"] < out["prefix_tokens"]
+    assert text == cold(engine, turn, "logician")
+
+
+def test_the_previous_persona_is_caught_up_after_a_turn(service_factory):
+    """In the app, after a turn the conversation's previous persona is brought up to date
+    in the background, so switching back to it evaluates only the new message."""
+    service = service_factory()
+    service.catch_up = True
+    conv = service.send("Tell me about the rivers of the north, in a few lines.", persona="poet").conversation_id
+    service.wait_for_catch_up()
+    cold_switch = service.send("Is the claim valid?", persona="logician", conversation_id=conv).timings
+    service.wait_for_catch_up()  # the user reads; the poet is caught up meanwhile
+    back = service.send("Back to the rivers, please.", persona="poet", conversation_id=conv).timings
+    service.wait_for_catch_up()
+    again = service.send("And is that valid?", persona="logician", conversation_id=conv).timings
+    assert back["prompt_eval_tokens"] < 40 < cold_switch["prompt_eval_tokens"]
+    assert again["prompt_eval_tokens"] < 40
+    # Without it (a one-shot CLI process), a switch back re-reads what came since.
+    service.catch_up = False
+    service.send("More verse.", persona="poet", conversation_id=conv)
+    late = service.send("Valid?", persona="logician", conversation_id=conv).timings
+    assert late["prompt_eval_tokens"] > 40

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -98,6 +99,11 @@ class ChatService:
         self._library: AdapterLibrary | None = None
         self._scheduler = None
         self._engine_error: str | None = None
+        # Background catch-up of the previous persona after a turn (`_start_catch_up`):
+        # switched on by the app server; a one-shot CLI process would exit under it.
+        self.catch_up = False
+        self._catch_up: threading.Thread | None = None
+        self._catch_up_lock = threading.Lock()
 
     @property
     def engine(self) -> Engine:
@@ -350,6 +356,7 @@ class ChatService:
         )
         reply = reply.strip()
         self.journal.finish_turn(turn_id, reply, timings=timings, sources=sources)
+        self._start_catch_up(conversation_id, chosen.name)
         yield TurnUpdate(turn_id, conversation_id, chosen.name, reply, done=True, timings=timings,
                          sources=sources, memory_error=retrieval.error, route=route,
                          adapter=timings.get("adapter", ""), model=engine.model_path.name)
@@ -401,7 +408,7 @@ class ChatService:
         script.history = self._fit_history(prior, used)
         return render(script, fmt)
 
-    def prepare(self, persona: str, conversation_id: int | None = None) -> dict | None:
+    def prepare(self, persona: str, conversation_id: int | None = None, *, yield_to_turns: bool = False) -> dict | None:
         """Evaluate a persona's start and the conversation so far ahead of the next
         message (`engine.prefill`): the UI calls it when a persona is picked in the
         dropdown, so the turn that follows — a switch to that persona — pays only for its
@@ -419,7 +426,39 @@ class ChatService:
         # The turn will keep the same history unless its own notes and message push the
         # oldest turns out; then it reuses what matches and evaluates the rest itself.
         script.history = self._fit_history(prior, self._prompt_tokens(render(script, fmt)))
-        return engine.prefill(render_prefix(script, fmt), adapter=chosen.name, session=conversation_id)
+        return engine.prefill(render_prefix(script, fmt), adapter=chosen.name, session=conversation_id,
+                              yield_to_turns=yield_to_turns)
+
+    def _start_catch_up(self, conversation_id: int, persona: str) -> None:
+        """After a turn, bring the conversation's previous persona up to date in the
+        background (its KV snapshot stops at its own last turn), so that switching back to
+        it — Auto mode's router does it without warning — pays only for the new message.
+        It runs while the user reads and types, and gives way to any turn that wants the
+        engine. Only with KV snapshots on: without them a context left is thrown away."""
+        if not self.catch_up or not getattr(getattr(self._engine, "snapshots", None), "max_bytes", 0):
+            return
+        other = next((t.persona for t in reversed(self.journal.turns(conversation_id))
+                      if t.status == "ok" and t.persona != persona), None)
+        if other is None or not self._catch_up_lock.acquire(blocking=False):
+            return  # one persona in this conversation, or a catch-up is still running
+
+        def run():
+            try:
+                self.prepare(other, conversation_id, yield_to_turns=True)
+            except Exception as exc:  # noqa: BLE001 — a look-ahead must never surface as an error
+                log.info("catch-up of %s skipped: %s", other, exc)
+            finally:
+                self._catch_up_lock.release()
+
+        self._catch_up = threading.Thread(target=run, name="alterego-catch-up", daemon=True)
+        self._catch_up.start()
+
+    def wait_for_catch_up(self, timeout: float | None = None) -> None:
+        """Wait until a background catch-up (if any) is done — what a user's reading time
+        gives it; benchmarks and tests use it."""
+        thread = self._catch_up
+        if thread is not None:
+            thread.join(timeout)
 
     def _prior(self, conversation_id: int | None) -> tuple[int | None, list[Turn]]:
         """The conversation (None when it is gone, or never was: the message starts a new

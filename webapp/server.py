@@ -111,6 +111,7 @@ def build_server(settings: Settings, service=None):
     os.environ["GRADIO_TEMP_DIR"] = str(uploads)
 
     service = service or ChatService(settings)
+    service.catch_up = True  # a long-lived app: personas are caught up while the user reads
     blocks = build_app(service)
     blocks.queue(default_concurrency_limit=4)
     app = fastapi.FastAPI(title="alterego", docs_url=None, redoc_url=None, openapi_url=None)
