@@ -11,7 +11,10 @@ transcript) so that llama.cpp can reuse its KV cache between turns: the persona 
 then the conversation's earlier turns rendered exactly as before (as typed, without their
 retrieved notes), then the new message with this turn's notes from memory. Only when the
 history no longer fits the context window are the oldest turns dropped (and the prefix
-changes). If memory is unavailable, the turn goes on without it and says so. The base
+changes). A persona switch needs the conversation read again under the new persona:
+`prepare` does that when a persona is picked, before the message, and in the app the
+previous persona is caught up in the background after each turn, so a switch costs the
+reply little. If memory is unavailable, the turn goes on without it and says so. The base
 model can be switched at run time (`use_model`); adapters follow its fingerprint.
 """
 
