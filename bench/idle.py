@@ -6,7 +6,8 @@ textbox — the floor any Gradio app pays — side by side. Once both answer /he
 their start-up work has died down, it measures the CPU time each uses (all threads and
 waited-for children, as % of one core) over the same window: first with no client, then,
 when playwright and Debian's chromium are installed (the dev extras), with one headless
-page open on each. Nothing is asked of either app during the windows.
+page open on each. Nothing is asked of either app during the windows. The details add how
+often each one's event loop woke up per second with no client.
 
 Usage: .venv/bin/python -m bench.idle [--json] [--quick]
 Writes $ALTEREGO_HOME/bench/idle.json.
@@ -73,6 +74,13 @@ class Served:
 
         t = psutil.Process(self.proc.pid).cpu_times()
         return t.user + t.system + t.children_user + t.children_system
+
+    def loop_wakeups(self) -> int:
+        """Voluntary context switches of the main thread, where both servers run their
+        event loop: each is one wake-up of that loop."""
+        import psutil
+
+        return psutil.Process(self.proc.pid).num_ctx_switches().voluntary
 
     def healthy(self) -> bool:
         if self.proc.poll() is not None:
@@ -144,7 +152,10 @@ def _run(ws: Workspace, quick: bool) -> dict:
             time.sleep(0.5)
         settle(servers)
         ws.progress(f"idle: {window:.0f} s with no client")
+        wakeups = [s.loop_wakeups() for s in servers]
         app, bare = cpu_percent(servers, window)
+        details["event_loop_wakeups_per_s"] = {
+            s.name: round((s.loop_wakeups() - w) / window, 1) for s, w in zip(servers, wakeups)}
         figures = {
             "idle_cpu": figure(
                 "idle: app CPU with no client", app, "% of a core",
