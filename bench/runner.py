@@ -1,7 +1,7 @@
 """`alterego bench`: every benchmark suite in one process, one report.
 
-Runs the selected suites (chat, personas, ingest, retrieval, recall, training, models, voice; responsiveness
-only when asked, it takes minutes) in one `Workspace`, so the chat model and the
+Runs the selected suites (chat, personas, ingest, retrieval, recall, training, models, voice, idle;
+responsiveness only when asked, it takes minutes) in one `Workspace`, so the chat model and the
 embedder load once. Collects every figure — `{value, unit, baseline, baseline_value,
 ratio}` — with machine facts, library versions and timestamps into
 `$ALTEREGO_HOME/bench/report.json`, and draws `report.png`. While suites run, anything
@@ -28,10 +28,11 @@ from pathlib import Path
 from bench.common import Progress, Workspace, bench_home, format_table, no_progress, stderr_progress
 from webapp.errors import AppUserError
 
-SUITES = ("chat", "personas", "ingest", "retrieval", "recall", "training", "models", "voice", "responsiveness")
+SUITES = ("chat", "personas", "ingest", "retrieval", "recall", "training", "models", "voice", "idle",
+          "responsiveness")
 DEFAULT_SUITES = SUITES[:-1]
 PACKAGES = ("alterego", "llama_cpp_python", "torch", "transformers", "peft", "trl", "sentence-transformers",
-            "chromadb", "matplotlib")
+            "chromadb", "gradio", "matplotlib")
 
 
 class BenchSelectionError(AppUserError):

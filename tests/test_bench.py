@@ -29,6 +29,8 @@ REQUIRED = [
     # issue 16: the voice benchmark (Falstaff): held-out loss and style vs the base model,
     # prompt-only Me's verbatim copies and meta-commentary vs Me with the adapter
     "voice_heldout_loss", "voice_style_wins", "me_verbatim_copy", "me_meta_commentary",
+    # issue 14: the idle app's CPU vs a bare Gradio app, with no client and with a page open
+    "idle_cpu", "idle_cpu_page",
 ]
 
 

@@ -4,6 +4,9 @@ and Gradio auth from settings — checked with real HTTP requests and gradio_cli
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import inspect
 import json
 import subprocess
 import urllib.error
@@ -41,6 +44,7 @@ def running(settings, service, monkeypatch):
         started.append(server)
         return f"http://127.0.0.1:{settings.server.port}"
 
+    start.servers = started
     yield start
     for server in started:
         server.should_exit = True
@@ -67,6 +71,64 @@ def test_auth_from_settings_guards_the_ui_but_not_health(running):
     client = Client(url, auth=("alice", "s3cret:with-colon"), verbose=False)
     chat, _, status = client.predict("Say hi in three words.", "me", [], api_name="/respond")
     assert chat[-1]["role"] == "assistant" and "Me" in status
+
+
+async def _queue_loops_at_rest(timeout: float = 10.0) -> dict[str, list[str]]:
+    """Run in the server's event loop: once no job is queued or running, what each of the
+    Gradio queue's two background loops awaits (its chain of coroutines, then the future),
+    as soon as both wait on an event, or as they are after `timeout`."""
+    loops = {}
+    for task in asyncio.all_tasks():
+        name = getattr(task.get_coro(), "__qualname__", "")
+        if name.endswith((".start_processing", ".start_progress_updates")):
+            loops[name.rsplit(".", 1)[1]] = task.get_coro()
+
+    def chain(coro) -> list[str]:
+        out = []
+        while hasattr(coro, "cr_await"):
+            out.append(coro.__qualname__)
+            coro = coro.cr_await
+        return out + [type(coro).__name__]
+
+    queue = loops["start_processing"].cr_frame.f_locals["self"]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        waits = {name: chain(coro) for name, coro in loops.items()}
+        if not len(queue) and not any(queue.active_jobs) and all("Event.wait" in c for c in waits.values()):
+            break
+        await asyncio.sleep(0.01)
+    return waits
+
+
+def test_idle_queue_waits_for_work_instead_of_polling(running):
+    """Gradio's queue looks for work every millisecond and for progress every 10 ms even
+    when nothing is queued: ~1,100 wake-ups a second, nearly all of an idle app's CPU. The
+    served app's queue sleeps on an event until a request or a finished job wakes it: a
+    turn served from idle streams as before, and afterwards both loops are back waiting
+    on their events, not on a sleep."""
+    url = running()
+    client = Client(url, verbose=False)
+    job = client.submit("Say hi in three words.", "poet", [], api_name="/respond")
+    partials = list(job)
+    chat, _, status = job.outputs()[-1]
+    assert len(partials) >= 2 and chat[-1]["role"] == "assistant" and "**Poet** answered" in status
+
+    loop = running.servers[-1].servers[0].get_loop()
+    waits = asyncio.run_coroutine_threadsafe(_queue_loops_at_rest(), loop).result(timeout=30)
+    assert set(waits) == {"start_processing", "start_progress_updates"}
+    for name, chain in waits.items():
+        assert "Event.wait" in chain and "sleep" not in chain, (name, chain)
+
+
+def test_quiet_queue_follows_the_pinned_gradio():
+    """QuietQueue replaces these two Gradio 6.31.0 loops (its dispatch step is a copy): a
+    Gradio upgrade that changes either must be read and QuietQueue updated to match, and
+    only then the fingerprints here."""
+    from gradio.queueing import Queue
+
+    fingerprints = {f.__name__: hashlib.sha256(inspect.getsource(f).encode()).hexdigest()[:16]
+                    for f in (Queue.start_processing, Queue.start_progress_updates)}
+    assert fingerprints == {"start_processing": "d65be5a5cbed97d7", "start_progress_updates": "7cbbec1cf932324c"}
 
 
 def test_loopback_detection():

@@ -417,12 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="check once, train what is due, print what happened")
     p.set_defaults(func=cmd_scheduler)
 
-    p = sub.add_parser("bench", help="measure chat, memory and training speed next to baselines; "
+    p = sub.add_parser("bench", help="measure chat, memory and training speed and idle CPU next to baselines; "
                        "writes $ALTEREGO_HOME/bench/report.json and report.png")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")
     p.add_argument("--quick", action="store_true", help="small sizes and one run each (a smoke test of a few minutes)")
     p.add_argument("--only", metavar="SUITES",
-                   help="comma-separated suites: chat, personas, ingest, retrieval, recall, training, models, voice, responsiveness")
+                   help="comma-separated suites: chat, personas, ingest, retrieval, recall, training, models, "
+                        "voice, idle, responsiveness")
     p.add_argument("--responsiveness", action="store_true",
                    help="also measure chat latency while a training run is in progress (takes minutes)")
     p.set_defaults(func=cmd_bench)

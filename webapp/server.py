@@ -100,6 +100,7 @@ def build_server(settings: Settings, service=None):
 
     from .api import add_api_routes
     from .chat import ChatService
+    from .quietqueue import quiet_queue
     from .ui import build_app
 
     logins = exposure_auth(settings.server)  # refuse before loading anything
@@ -114,6 +115,7 @@ def build_server(settings: Settings, service=None):
     service.catch_up = True  # a long-lived app: personas are caught up while the user reads
     blocks = build_app(service)
     blocks.queue(default_concurrency_limit=4)
+    quiet_queue(blocks)  # Gradio's queue polls every millisecond, even with nothing to do
     app = fastapi.FastAPI(title="alterego", docs_url=None, redoc_url=None, openapi_url=None)
     health_app_routes(app, service)
     add_api_routes(app, service, logins, settings.server.max_upload_mb)
