@@ -17,7 +17,8 @@ class MemoryConfig:
     # bfloat16: torch's vectors to a cosine of 0.9999, ~2x onnx-int8 on 2 cores) on a CPU
     # with AMX or AVX512-BF16, else "onnx-int8" (onnxruntime, int8 weights: cosine ~0.997,
     # the same recall); "onnx" (onnxruntime, float32) and "torch" give torch's vectors.
-    # A collection records the backend that made its vectors; switching re-embeds it once.
+    # A collection records which kind of vectors it holds: switching between torch's
+    # (torch, torch-bf16, onnx) and int8's re-embeds it once (memory.service).
     embedder_backend: str = "auto"
     embed_batch_size: int = 64  # "torch" only: torch-bf16 runs 32 per core, ONNX one text at a time
     # "" = a ChromaDB PersistentClient under ALTEREGO_HOME/chroma; "http://host:port" = HttpClient.

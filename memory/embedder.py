@@ -167,19 +167,23 @@ class Embedder:
 
     @property
     def identity(self) -> dict[str, str]:
-        """Which model and backend make this embedder's vectors (recorded with a scene
-        collection, `memory.store`); known without loading the model."""
+        """Which model and which kind of vectors this embedder makes (recorded with a scene
+        collection, `memory.store`): "torch" for torch, torch-bf16 and onnx, whose
+        vectors agree to a cosine of 0.9999; "onnx-int8-v<export>" for int8. Known
+        without loading the model."""
         if self._fingerprint is None:
             from .onnxembed import fingerprint
 
             self._fingerprint = fingerprint(self.path)
         name, _, digest = self._fingerprint.rpartition("-")
-        if self.backend in TORCH_BACKENDS:
-            backend = self.backend
-        else:
+        if self.backend == "onnx-int8":
             from .onnxembed import EXPORT_VERSION
 
-            backend = f"{self.backend}-v{EXPORT_VERSION}"
+            backend = f"onnx-int8-v{EXPORT_VERSION}"
+        else:
+            # torch-bf16 and onnx make torch's vectors to a cosine of 0.9999 and better:
+            # one family, mixed freely (switching between them re-embeds nothing).
+            backend = "torch"
         return {"embedder_model": name, "embedder_fingerprint": digest, "embedder_backend": backend}
 
     @property

@@ -3,9 +3,9 @@ files, search, forget a source, and retrieve the scenes that matter for a chat t
 It composes the embedder, the Chroma store (with its BM25 index under
 `<data root>/lexical`), the hybrid retriever and the journal, opening each lazily so a
 process that never touches memory never loads an embedding model or ChromaDB. Opening
-the store checks that its vectors are the configured embedder's: a collection made by
-another backend of the same model is re-embedded in place once, one made by another
-model is refused with a clear message."""
+the store checks that its vectors are the configured embedder's: a collection whose
+vectors another backend of the same model made (int8 against torch's) is re-embedded in
+place once, one made by another model is refused with a clear message."""
 
 from __future__ import annotations
 
@@ -91,17 +91,18 @@ class SceneMemory:
 
     def _match_embedder(self, store: SceneStore, embedder: Embedder) -> None:
         """Make the collection's vectors this embedder's. A new or empty collection just
-        records the embedder; one made by the same model on another backend (or before
-        backends were recorded: torch) is re-embedded in place, once — the texts are in
-        Chroma, and int8 vectors sit up to 0.015 of cosine away from torch's, as much as
-        the gaps between close neighbours, so not to be mixed; one made by another model
-        is refused (its dimension may differ, and a user who switches models keeps the old
-        collection under its own name)."""
+        records the embedder, and so does one made before embedders were recorded (by
+        torch) when this one makes torch's vectors (torch, torch-bf16, onnx); one made by
+        the same model with other vectors (int8 against torch's) is re-embedded in place,
+        once — the texts are in Chroma, and int8 vectors sit up to 0.015 of cosine away
+        from torch's, as much as the gaps between close neighbours, so not to be mixed;
+        one made by another model is refused (its dimension may differ, and a user who
+        switches models keeps the old collection under its own name)."""
         want, have = embedder.identity, store.embedder_identity()
         if have == want:
             return
-        if store.count() == 0:
-            store.record_embedder(want)
+        if store.count() == 0 or (not have and want["embedder_backend"] == "torch"):
+            store.record_embedder(want)  # new, or made before this was recorded: by torch
             return
         if have and have.get("embedder_fingerprint") != want["embedder_fingerprint"]:
             raise EmbedderMismatchError(

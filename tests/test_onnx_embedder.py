@@ -123,11 +123,12 @@ def test_unknown_backend_is_a_clear_error(home):
 
 def test_auto_is_bf16_only_where_the_cpu_multiplies_it():
     from memory.embedder import Embedder, cpu_has_bf16
+    from memory.onnxembed import EXPORT_VERSION
 
     embedder = Embedder()
     assert embedder.requested_backend == "auto"
     assert embedder.backend == ("torch-bf16" if cpu_has_bf16() else "onnx-int8")
-    assert embedder.identity["embedder_backend"].startswith(embedder.backend)
+    assert embedder.identity["embedder_backend"] == ("torch" if cpu_has_bf16() else f"onnx-int8-v{EXPORT_VERSION}")
 
 
 def test_a_model_onnx_cannot_run_falls_back_to_torch(tmp_path):
@@ -147,6 +148,8 @@ def test_a_model_onnx_cannot_run_falls_back_to_torch(tmp_path):
 
 
 def test_a_collection_follows_the_backend_and_refuses_another_model(home, settings, caplog):
+    """torch → int8: re-embedded once; int8 → onnx (torch's vectors): again; onnx →
+    torch-bf16: nothing to do; a collection of another model: refused."""
     from memory.embedder import Embedder
     from memory.journal import Journal
     from memory.service import EmbedderMismatchError, SceneMemory
@@ -177,7 +180,17 @@ def test_a_collection_follows_the_backend_and_refuses_another_model(home, settin
     SceneMemory(settings.memory, home, journal, embedder=int8).store  # nothing left to do
     assert "re-embedding" not in caplog.text
 
+    # torch-bf16 and onnx make torch's vectors (cosine 0.9999): one family, never re-embedded
+    # among themselves; back from int8 to that family re-embeds again.
+    assert Embedder(backend="torch-bf16").identity == Embedder(backend="onnx").identity == torch_memory.embedder.identity
+    SceneMemory(settings.memory, home, journal, embedder=Embedder(backend="onnx")).store
+    assert "re-embedding the" in caplog.text
+    caplog.clear()
+    SceneMemory(settings.memory, home, journal, embedder=Embedder(backend="torch-bf16")).store
+    assert "re-embedding" not in caplog.text
+
     # A collection that another model made is refused, naming what to do.
+    store = SceneMemory(settings.memory, home, journal, embedder=int8).store  # int8 again (re-embedded)
     store.record_embedder({**int8.identity, "embedder_model": "paraphrase-multilingual", "embedder_fingerprint": "0" * 12})
     with pytest.raises(EmbedderMismatchError, match="memory.collection"):
         SceneMemory(settings.memory, home, journal, embedder=int8).store
