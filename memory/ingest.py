@@ -7,10 +7,9 @@ the run's scenes are deleted and the file's previous scenes are untouched; if it
 succeeds, the file's scenes that no longer occur in it (a changed file) are deleted.
 An import killed outright (kill -9) is still `running` in the journal; it is rolled back
 as soon as any process opens the scene store (`memory.recovery`), while an import still
-running in another process (it holds its lock) is left alone.
-
-Each file's report says where its time went (`seconds`: parse, cut, language, embed,
-chroma, lexical, check, other), which `alterego bench --only ingest` reports.
+running in another process (it holds its lock) is left alone. Each file's report says
+where its time went (`seconds`: parse, cut, language, embed, chroma, lexical, check,
+other), which `alterego bench --only ingest` reports.
 
 Who "me" is: the `--me` names, plus names already known from earlier imports; if none of
 those speaks in a chat file (and the format does not mark the user itself), the most

@@ -1,26 +1,20 @@
-"""The ONNX backend of the embedder: a local sentence-transformers model exported once to
-ONNX (and dynamically quantised to int8), then run with onnxruntime and the model's fast
-tokenizer, without torch at run time.
-
-`exported_model(model_dir)` returns the export of a model folder from the cache
+"""The ONNX backends of the embedder: a local sentence-transformers model exported once
+to ONNX, run with onnxruntime and the model's fast tokenizer, without torch at run time.
+`exported_model(model_dir)` returns the export from the cache
 `$ALTEREGO_MODEL_CACHE/onnx/<fingerprint>-v<EXPORT_VERSION>/` (default
-`~/.cache/alterego/models/onnx`), making it on first use (seconds, logged):
-`torch.onnx.export` (the TorchScript exporter, which needs only the `onnx` package) of
-the transformer's last hidden state, fused by onnxruntime's transformer optimizer, then
-`onnxruntime.quantization.quantize_dynamic` of that to int8 weights (per channel), the
-tokenizer as one `tokenizer.json`, and the pooling settings. The fingerprint hashes the
-model folder's configuration, tokenizer and weights (head, tail and size), so a changed
-model or exporter gets a fresh folder. The folder is built in a temporary
-directory and renamed into place with a marker written last that records each file's
-size and SHA-256: a crash mid-export leaves nothing a later run would use, and a cache
-whose files no longer match their marker is deleted and exported again.
-
+`~/.cache/alterego/models/onnx`; the fingerprint hashes the folder's configuration,
+tokenizer and weights), making it on first use (seconds, logged): `torch.onnx.export` (the
+TorchScript exporter, which needs only the `onnx` package) of the transformer's last
+hidden state, checked against torch, fused by onnxruntime's transformer optimizer (kept
+only if it still matches), `quantize_dynamic` of that to int8, the tokenizer as one
+`tokenizer.json` and the pooling settings; built in a temporary folder and renamed into
+place with a marker written last that records each file's size and SHA-256, so a crash
+mid-export leaves nothing a later run would use and a damaged export is made again.
 `OnnxEncoder` embeds like sentence-transformers does for a Transformer → Pooling (mean,
-CLS or max) → Normalize model: the tokenizer truncates at the model's `max_seq_length`,
-each text runs alone (no padding; with int8, a vector that does not depend on the texts
-beside it), pooled with the attention mask and L2-normalised. Models with other modules
-(a Dense layer, say) are not exported: `UnsupportedModelError`, and the embedder falls
-back to torch."""
+CLS or max) → Normalize model: truncation at the model's `max_seq_length`, each text run
+alone (no padding; with int8, a vector that does not depend on the texts beside it),
+pooled with the attention mask, L2-normalised. Models with other modules (a Dense layer,
+say) are not exported (`UnsupportedModelError`): the embedder runs them on torch."""
 
 from __future__ import annotations
 
