@@ -133,7 +133,8 @@ class Workspace:
             from memory.embedder import Embedder
 
             self.progress("loading the embedder")
-            self._embedder = Embedder(self.base.memory.embedder, self.base.memory.embed_batch_size)
+            self._embedder = Embedder(self.base.memory.embedder, self.base.memory.embed_batch_size,
+                                      backend=self.base.memory.embedder_backend)
             self._embedder.encode(["warm up"])  # the first encode pays for lazy loading
         return self._embedder
 

