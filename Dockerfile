@@ -61,11 +61,15 @@ RUN ALTEREGO_CA_BUNDLE="${CA_BUNDLE:+/src/docker-inputs/$CA_BUNDLE}" bash script
 # bitsandbytes' CUDA, ROCm and XPU kernels (its CPU library stays). torch's own libraries
 # lose their local symbol tables (~95 MB; dynamic linking uses only the dynamic symbols);
 # not the other packages' libraries: those that auditwheel patched break when stripped.
+# Also the embedder's float32 ONNX export (90 MB): `auto` runs torch-bf16 on CPUs with
+# bfloat16, else the int8 export, which stays; the `onnx` backend, if chosen, exports again
+# into a temporary folder at first use (the image's model cache is read-only).
 RUN sp=/opt/venv/lib/python3.11/site-packages \
     && rm -rf "$sp"/torch/test "$sp"/torch/bin/test_* "$sp"/torch/bin/protoc* "$sp"/torch/include \
        "$sp"/bitsandbytes/libbitsandbytes_cuda*.so "$sp"/bitsandbytes/libbitsandbytes_rocm*.so \
        "$sp"/bitsandbytes/libbitsandbytes_xpu*.so \
-    && strip --strip-unneeded "$sp"/torch/lib/*.so*
+    && strip --strip-unneeded "$sp"/torch/lib/*.so* \
+    && rm -f /opt/alterego/models/onnx/*/model.onnx
 
 # ---- runtime (the final image) --------------------------------------------------------
 FROM base AS runtime

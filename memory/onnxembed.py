@@ -154,6 +154,9 @@ def exported_model(model_dir: Path, cache_root: Path | None = None, needs: str =
         try:
             cache_root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache_root))
+            # mkdtemp makes it 0700: readable to whoever runs the app (an image's export
+            # is made by root at build and read by the app's own user).
+            os.chmod(tmp, 0o755)
         except OSError as exc:  # a read-only cache (e.g. an image's): export for this process only
             log.warning("cannot write the ONNX cache %s (%s); exporting to a temporary folder", cache_root, exc)
             tmp = Path(tempfile.mkdtemp(prefix="alterego-onnx-"))

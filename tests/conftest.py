@@ -76,6 +76,8 @@ def service(settings, engine, embedder):
     memory = SceneMemory(settings.memory, settings.home, journal, embedder=embedder)
     svc = ChatService(settings, engine=engine, journal=journal, memory=memory)
     yield svc
+    svc.catch_up = False
+    svc.wait_for_catch_up()  # a background prefill must not outlive the test's engine use
     svc.journal.close()
 
 
@@ -100,6 +102,8 @@ def service_factory(settings, engine, embedder, request):
 
     yield make
     for svc in made:
+        svc.catch_up = False
+        svc.wait_for_catch_up()
         svc.journal.close()
 
 
