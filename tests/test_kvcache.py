@@ -198,12 +198,13 @@ def test_the_previous_persona_is_caught_up_after_a_turn(service_factory):
     back = service.send("Back to the rivers, please.", persona="poet", conversation_id=conv).timings
     service.wait_for_catch_up()
     again = service.send("And is that valid?", persona="logician", conversation_id=conv).timings
-    assert back["prompt_eval_tokens"] < 40 < cold_switch["prompt_eval_tokens"]
-    assert again["prompt_eval_tokens"] < 40
+    # The new message and the template's few tokens around it; the cold switch read more.
+    count = service.engine.count_tokens
+    assert back["prompt_eval_tokens"] <= count("Back to the rivers, please.") + 12 < cold_switch["prompt_eval_tokens"]
+    assert again["prompt_eval_tokens"] <= count("And is that valid?") + 12
     # Without it (a one-shot CLI process), a switch back re-reads what came since.
     service.wait_for_catch_up()
     service.catch_up = False
     more = service.send("More verse, in a few lines.", persona="poet", conversation_id=conv)
     late = service.send("Valid?", persona="logician", conversation_id=conv).timings
-    count = service.engine.count_tokens
     assert late["prompt_eval_tokens"] >= count("More verse, in a few lines.") + count(more.reply)
