@@ -242,7 +242,7 @@ class LlamaEngine:
     def prefill(self, prefix: Rendered, adapter: str | None = None, session=None, *,
                 yield_to_turns: bool = False) -> dict:
         """Evaluate the start of a coming turn's prompt (`prompting.render_prefix`: the
-        persona's start and the conversation so far) under `persona`'s adapter, ahead of
+        persona's start and the conversation so far) under the adapter of persona `adapter`, ahead of
         the message: the UI calls it when a persona is picked, while the user types, so the
         turn finds the conversation in the KV cache and pays only for its message. Tokens
         already cached (the same key's snapshot, a common prefix) are not evaluated again;

@@ -359,7 +359,7 @@ class ChatService:
         )
         reply = reply.strip()
         self.journal.finish_turn(turn_id, reply, timings=timings, sources=sources)
-        self._start_catch_up(conversation_id, chosen.name)
+        self._start_catch_up(conversation_id, chosen.name, prior)
         yield TurnUpdate(turn_id, conversation_id, chosen.name, reply, done=True, timings=timings,
                          sources=sources, memory_error=retrieval.error, route=route,
                          adapter=timings.get("adapter", ""), model=engine.model_path.name)
@@ -432,7 +432,7 @@ class ChatService:
         return engine.prefill(render_prefix(script, fmt), adapter=chosen.name, session=conversation_id,
                               yield_to_turns=yield_to_turns)
 
-    def _start_catch_up(self, conversation_id: int, persona: str) -> None:
+    def _start_catch_up(self, conversation_id: int, persona: str, prior: list[Turn]) -> None:
         """After a turn, bring the conversation's previous persona up to date in the
         background (its KV snapshot stops at its own last turn), so that switching back to
         it — Auto mode's router does it without warning — pays only for the new message.
@@ -440,8 +440,7 @@ class ChatService:
         engine. Only with KV snapshots on: without them a context left is thrown away."""
         if not self.catch_up or not getattr(getattr(self._engine, "snapshots", None), "max_bytes", 0):
             return
-        other = next((t.persona for t in reversed(self.journal.turns(conversation_id))
-                      if t.status == "ok" and t.persona != persona), None)
+        other = next((t.persona for t in reversed(prior) if t.persona != persona), None)
         if other is None or not self._catch_up_lock.acquire(blocking=False):
             return  # one persona in this conversation, or a catch-up is still running
 
