@@ -22,6 +22,9 @@ ARG BASE_IMAGE=debian:bookworm-slim
 
 # ---- base: Python and the run-time libraries, the user, the data folder -----------
 FROM ${BASE_IMAGE} AS base
+# Every stage and every intermediate image inherits the label, so a test run can remove
+# this project's untagged leftovers (older builds, failed ones) and nothing else.
+LABEL org.opencontainers.image.title=alterego
 # libgomp1: llama.cpp's OpenMP runtime. apt's package caches (80 MB) go too.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 libgomp1 \

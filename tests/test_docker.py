@@ -226,6 +226,15 @@ def base_image() -> str:
     return tag
 
 
+def prune_leftovers() -> None:
+    """Remove this project's untagged images: the build a new one displaced and what a
+    failed build left. Each build of this checkout adds gigabytes of layers, and a disk
+    that fills up mid-suite fails every test after it. The label (set in the Dockerfile's
+    base stage) keeps other projects' images out of it; the tagged image and the layers
+    it is built on stay, so the layer cache still works."""
+    sh("docker image prune -f --filter label=org.opencontainers.image.title=alterego", check=False)
+
+
 class Report:
     """Figures for the closing note: printed at once and kept in docker.json."""
 
@@ -289,9 +298,11 @@ def image(docker, report):
         import certifi
 
         shutil.copy(certifi.where(), ROOT / "docker-inputs" / "ca.crt")
+    prune_leftovers()
     t0 = time.monotonic()
     log = sh("build", timeout=1800)
     seconds = time.monotonic() - t0
+    prune_leftovers()
     size = int(sh("docker image inspect -f '{{.Size}}' alterego").strip())
     cached = log.count("Using cache") + log.count("CACHED")
     report.add("build_s", round(seconds, 1), f"build: {seconds:.0f} s ({cached} cached steps); torch handed in: {torch}")
