@@ -3,8 +3,8 @@
 prepared. It uses the run's own model, LoRA config, data, batch size, max length and
 threads, and runs like `tuning.train` does — its own process, nice 10, the same thread
 environment — so the pipeline-vs-plain ratio shows the trainer's overhead and nothing
-else. Tokens are counted as the trainer counts them (padding included); prints one JSON
-object on stdout."""
+else. It times its steps (its optimizer is made before) and counts tokens with and
+without padding (the trainer counts them without); prints one JSON object on stdout."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def plain_peft_loop(run_dir: Path, steps: int) -> dict:
         opt.zero_grad()
     seconds = time.perf_counter() - started
     return {"steps": steps, "tokens": padded, "tokens_without_padding": tokens, "seconds": round(seconds, 2),
-            "tokens_per_s": round(padded / seconds, 1), "threads": cfg.get("threads", 1)}
+            "tokens_per_s": round(padded / seconds, 1), "tokens_without_padding_per_s": round(tokens / seconds, 1),
+            "threads": cfg.get("threads", 1)}
 
 
 def main(argv: list[str] | None = None) -> int:

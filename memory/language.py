@@ -7,16 +7,20 @@ py3langid (a naive Bayes classifier over byte n-grams, deterministic) is used in
 langdetect: it takes about half a millisecond a scene where langdetect took 16-40 ms,
 which was a quarter of an import's time. Short or ambiguous texts are "und" rather than
 a guess: a confidence floor keeps "ok" or "Продолжим?" from being labelled Serbian or
-Estonian."""
+Estonian. It reads the first SAMPLE characters of a scene: the classifier's cost grows
+with the text (0.4 ms at 1,000 characters, 0.2 at 400 here), and a few sentences tell
+the language as well as a page."""
 
 from __future__ import annotations
 
 import re
 import threading
+from itertools import islice
 
 _LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
 MIN_LETTERS = 12  # fewer letters than this: too little to tell
 MIN_CONFIDENCE = 0.6  # normalised probability of the best language
+SAMPLE = 400  # characters classified
 _identifier = None
 _lock = threading.Lock()
 
@@ -32,8 +36,9 @@ def _get():
 
 
 def detect_language(text: str) -> str:
-    sample = text[:1000]
-    if len(_LETTERS.findall(sample)) < MIN_LETTERS:
+    sample = text[:SAMPLE]
+    # Counting stops at the floor: a long scene is not scanned letter by letter.
+    if sum(1 for _ in islice(_LETTERS.finditer(sample), MIN_LETTERS)) < MIN_LETTERS:
         return "und"
     language, confidence = _get().classify(sample)
     return language if confidence >= MIN_CONFIDENCE else "und"

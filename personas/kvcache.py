@@ -30,7 +30,9 @@ import numpy as np
 @dataclass
 class Snapshot:
     tokens: np.ndarray  # the token ids the KV cache holds, in order
-    state: bytes  # llama.cpp's serialised context state
+    # llama.cpp's serialised context state. A bytearray, so ctypes can hand llama.cpp
+    # the very memory it was written to and is restored from, without a copy.
+    state: bytearray
 
     @property
     def nbytes(self) -> int:
@@ -86,12 +88,17 @@ def capture(llm) -> Snapshot:
     """The context's state and tokens (a llama_cpp.Llama)."""
     import llama_cpp
 
-    size = llama_cpp.llama_state_get_size(llm._ctx.ctx)
-    buf = (ctypes.c_uint8 * int(size))()
-    written = llama_cpp.llama_state_get_data(llm._ctx.ctx, buf, size)
-    if int(written) > int(size):
+    size = int(llama_cpp.llama_state_get_size(llm._ctx.ctx))
+    state = bytearray(size)
+    # Written in place: slicing a ctypes array instead makes a list of Python ints, which
+    # took 165 ms of a switch's time to first token for a 7.6 MB state (this: 2 ms).
+    view = (ctypes.c_uint8 * size).from_buffer(state)
+    written = int(llama_cpp.llama_state_get_data(llm._ctx.ctx, view, size))
+    del view  # a bytearray cannot be resized while ctypes holds its buffer
+    if written > size:
         raise RuntimeError("llama_state_get_data wrote past its buffer")
-    return Snapshot(tokens=np.array(llm.input_ids[: llm.n_tokens], dtype=np.intc), state=bytes(buf[: int(written)]))
+    del state[written:]
+    return Snapshot(tokens=np.array(llm.input_ids[: llm.n_tokens], dtype=np.intc), state=state)
 
 
 def restore(llm, snapshot: Snapshot) -> None:
@@ -99,7 +106,7 @@ def restore(llm, snapshot: Snapshot) -> None:
     import llama_cpp
 
     size = len(snapshot.state)
-    buf = (ctypes.c_uint8 * size).from_buffer_copy(snapshot.state)
+    buf = (ctypes.c_uint8 * size).from_buffer(snapshot.state)  # read by llama.cpp, not copied
     if llama_cpp.llama_state_set_data(llm._ctx.ctx, buf, size) != size:
         llm.reset()
         raise RuntimeError("llama_state_set_data did not accept the snapshot")

@@ -141,8 +141,17 @@ def run(run_dir: Path) -> dict:
         def __init__(self):
             self.t0 = time.perf_counter()
             self.tokens = 0
+            # The training steps alone, first step's start to last step's end: what a plain
+            # loop times (trainer.train() also sets up its optimizer, data loader, callbacks).
+            self.steps_from: float | None = None
+            self.steps_to: float | None = None
+
+        def on_step_begin(self, args_, state, control, **kw):  # noqa: ARG002
+            if self.steps_from is None:
+                self.steps_from = time.perf_counter()
 
         def on_step_end(self, args_, state, control, **kw):  # noqa: ARG002
+            self.steps_to = time.perf_counter()
             if stop["requested"] or (run_dir / CANCEL).exists():
                 control.should_training_stop = True
                 status.update(state="cancelling")
@@ -160,16 +169,20 @@ def run(run_dir: Path) -> dict:
                 eta_s=round(per_step * (cfg["max_steps"] - state.global_step), 1),
             )
 
-    args.include_num_input_tokens_seen = True
+    # Tokens trained on, padding left out: length grouping pads less, and padding teaches
+    # nothing, so counting it would reward waste.
+    args.include_num_input_tokens_seen = "non_padding"
+    progress = Progress()
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=peft_config, callbacks=[Progress()],
+        peft_config=peft_config, callbacks=[progress],
     )
     status.update(state="training", message=f"{len(train_rows)} training pairs")
     started = time.perf_counter()
     output = trainer.train()
     train_s = time.perf_counter() - started
     tokens_seen = int(trainer.state.num_input_tokens_seen or 0)
+    steps_s = (progress.steps_to - progress.steps_from) if progress.steps_from and progress.steps_to else train_s
     if stop["requested"] or (run_dir / CANCEL).exists():
         status.update(state="cancelled", message="cancelled; nothing was promoted")
         return {"state": "cancelled"}
@@ -203,9 +216,12 @@ def run(run_dir: Path) -> dict:
         "train": {
             "steps": trainer.state.global_step,
             "loss": round(float(output.training_loss), 4),
-            "tokens": tokens_seen,
+            "tokens": tokens_seen,  # without padding
             "tokens_per_s": round(tokens_seen / train_s, 1) if train_s else 0.0,
             "seconds": round(train_s, 1),
+            # Over the steps alone (see Progress): the figure a plain loop is comparable with.
+            "steps_seconds": round(steps_s, 2),
+            "steps_tokens_per_s": round(tokens_seen / steps_s, 1) if steps_s else 0.0,
             "qlora": qlora,
             "losses": status.data["losses"],
             "preference": preference,
