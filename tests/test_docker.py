@@ -226,13 +226,24 @@ def base_image() -> str:
     return tag
 
 
-def prune_leftovers() -> None:
-    """Remove this project's untagged images: the build a new one displaced and what a
-    failed build left. Each build of this checkout adds gigabytes of layers, and a disk
-    that fills up mid-suite fails every test after it. The label (set in the Dockerfile's
-    base stage) keeps other projects' images out of it; the tagged image and the layers
-    it is built on stay, so the layer cache still works."""
-    sh("docker image prune -f --filter label=org.opencontainers.image.title=alterego", check=False)
+def docker_root() -> str:
+    root = sh("docker info -f '{{.DockerRootDir}}'", check=False).strip()
+    return root if root and Path(root).is_dir() else "/"
+
+
+def prune_leftovers(keep: set[str] = frozenset()) -> None:
+    """Remove this project's untagged images but those in `keep` (short ids): what older
+    builds left (a new build displaces the tag, and the classic builder leaves each
+    stage's last image untagged) and what failed builds left. Each build of a changed
+    checkout adds gigabytes of layers, and a disk that fills up mid-suite fails every
+    test after it (it did in CI). The label, set in the Dockerfile's base stage, keeps
+    other projects' images out of it; the images this build made or reused stay, so an
+    unchanged checkout still rebuilds from the layer cache in seconds."""
+    label = "org.opencontainers.image.title=alterego"
+    ids = sh(f"docker images -q -f dangling=true -f label={label}", check=False).split()
+    doomed = sorted({i for i in ids if i[:12] not in keep})
+    if doomed:
+        sh(f"docker rmi {' '.join(doomed)}", check=False)
 
 
 class Report:
@@ -298,11 +309,12 @@ def image(docker, report):
         import certifi
 
         shutil.copy(certifi.where(), ROOT / "docker-inputs" / "ca.crt")
-    prune_leftovers()
+    if shutil.disk_usage(docker_root()).free < 20e9:
+        prune_leftovers()  # room first; the layer cache goes with it
     t0 = time.monotonic()
     log = sh("build", timeout=1800)
     seconds = time.monotonic() - t0
-    prune_leftovers()
+    prune_leftovers(keep=set(re.findall(r"---> ([0-9a-f]{12})\b", log)))
     size = int(sh("docker image inspect -f '{{.Size}}' alterego").strip())
     cached = log.count("Using cache") + log.count("CACHED")
     report.add("build_s", round(seconds, 1), f"build: {seconds:.0f} s ({cached} cached steps); torch handed in: {torch}")
