@@ -274,6 +274,53 @@ def test_qlora_on_cpu_trains(tiny, service, hf_base):
     assert Path(outcome["run_dir"], "adapter.gguf").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("base", ["hf_base", "gemma_hf_base"])
+def test_cpu_completion_loss_matches_trls_loss_and_gradients(base, request):
+    """The loss the pipeline trains with on a CPU (`completion_loss`, plain autograd) is
+    trl's own completion-only loss (its fused LM head), to float precision, on both
+    embedded models, and so are the LoRA gradients it gives."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tuning.train import completion_loss
+
+    path = request.getfixturevalue(base)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    add_fused_lm_head(model, outputs=("log_probs",))  # as SFTTrainer does, before peft
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                             task_type="CAUSAL_LM", init_lora_weights=False))
+    batch = tok(["Anna: are we still going to the dacha on Saturday?\nMe: yes, bring the soup and the cat",
+                 "Olga: hi\nMe: привет, как дела?"], return_tensors="pt", padding=True)
+    labels = batch["input_ids"].clone()
+    labels[:, :8] = -100  # the prompt
+    labels[batch["attention_mask"] == 0] = -100
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        loss = fn()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    ours, ours_grads = loss_and_grads(lambda: completion_loss(model, {**batch, "labels": labels}))
+
+    def trl_loss():
+        out = model(**batch, labels=labels, fused_lm_head=True)
+        return -out.log_probs.sum() / out.label_mask.sum()
+
+    theirs, their_grads = loss_and_grads(trl_loss)
+    assert torch.isfinite(ours) and ours.item() > 0
+    assert torch.allclose(ours, theirs, rtol=1e-5), (ours.item(), theirs.item())
+    assert len(ours_grads) == len(their_grads) > 0
+    for a, b in zip(ours_grads, their_grads):
+        # Summed in another order (trl in vocabulary tiles): equal to float rounding.
+        assert (a - b).norm() <= 1e-3 * b.norm(), ((a - b).norm() / b.norm()).item()
+
+
 def test_dataset_cli(tmp_path):
     from conftest import ALTEREGO, cli_env
 

@@ -2,8 +2,8 @@
 
 RUN_DIR holds `config.json` (written by `tuning.pipeline`) and the harvested dataset
 (`train.jsonl`, `heldout.jsonl`, the verdicts). The run trains a LoRA with trl's
-`SFTTrainer` and a peft `LoraConfig` (loss on the completion only; never the embeddings
-or the LM head), as QLoRA (bitsandbytes 4-bit nf4, bf16 compute) when configured; with
+`SFTTrainer` and a peft `LoraConfig` (loss on the completion only, on a CPU computed by
+`completion_loss`; never the embeddings or the LM head), as QLoRA (bitsandbytes 4-bit nf4, bf16 compute) when configured; with
 enough 👍/👎/edits a KTO preference stage follows on the same adapter
 (`preference_stage`); then it exports the
 adapter to GGUF and evaluates base / current / candidate on the held-out set
@@ -63,6 +63,33 @@ def lower_priority(threads: int) -> None:
 
 def load_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def completion_loss(model, inputs: dict, num_items_in_batch=None):
+    """The completion-only loss with plain autograd: the backbone's hidden states, the LM
+    head applied only where a label is trained on (`labels` != -100, next-token shifted),
+    cross-entropy summed over those tokens and divided by their count (the trainer's
+    `num_items_in_batch` when it gives one) — the loss trl computes.
+
+    trl 1.16's own path (a "fused" LM head, `trl.kernels.chunked_logprob`) saves memory
+    by recomputing the LM head's projection, tile by tile, in the backward pass; on a CPU
+    that recomputation and its elementwise tiles were ~17% of a step (py-spy), and what
+    it saves (a few hundred MB of logits for a small model) does not matter there."""
+    import torch
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    labels = inputs["labels"]
+    features = {k: v for k, v in inputs.items() if k != "labels"}
+    hidden = base.base_model(**features, use_cache=False).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    trained = targets != -100
+    logits = base.get_output_embeddings()(hidden[trained]).float()
+    cap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
+    if cap:  # Gemma 2 style: the logits the model itself returns are capped
+        logits = torch.tanh(logits / cap) * cap
+    count = num_items_in_batch if num_items_in_batch is not None else trained.sum()
+    return F.cross_entropy(logits, targets[trained], reduction="sum") / torch.as_tensor(count).clamp(min=1)
 
 
 def run(run_dir: Path) -> dict:
@@ -173,7 +200,16 @@ def run(run_dir: Path) -> dict:
     # nothing, so counting it would reward waste.
     args.include_num_input_tokens_seen = "non_padding"
     progress = Progress()
-    trainer = SFTTrainer(
+
+    class Trainer(SFTTrainer):
+        """SFTTrainer with `completion_loss` on a CPU; on CUDA trl's memory-saving loss."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or torch.cuda.is_available() or "labels" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return completion_loss(model, inputs, num_items_in_batch)
+
+    trainer = Trainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=peft_config, callbacks=[progress],
     )
