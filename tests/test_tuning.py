@@ -285,7 +285,7 @@ def test_cpu_completion_loss_matches_trls_loss_and_gradients(base, request):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.trainer.utils import add_fused_lm_head
 
-    from tuning.train import completion_loss
+    from tuning.train import completion_loss, plain_loss_fits
 
     path = request.getfixturevalue(base)
     tok = AutoTokenizer.from_pretrained(path)
@@ -296,6 +296,7 @@ def test_cpu_completion_loss_matches_trls_loss_and_gradients(base, request):
                                              task_type="CAUSAL_LM", init_lora_weights=False))
     batch = tok(["Anna: are we still going to the dacha on Saturday?\nMe: yes, bring the soup and the cat",
                  "Olga: hi\nMe: привет, как дела?"], return_tensors="pt", padding=True)
+    assert plain_loss_fits(model)  # the pipeline trains this model with completion_loss
     labels = batch["input_ids"].clone()
     labels[:, :8] = -100  # the prompt
     labels[batch["attention_mask"] == 0] = -100

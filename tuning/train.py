@@ -3,11 +3,11 @@
 RUN_DIR holds `config.json` (written by `tuning.pipeline`) and the harvested dataset
 (`train.jsonl`, `heldout.jsonl`, the verdicts). The run trains a LoRA with trl's
 `SFTTrainer` and a peft `LoraConfig` (loss on the completion only, on a CPU computed by
-`completion_loss`; never the embeddings or the LM head), as QLoRA (bitsandbytes 4-bit nf4, bf16 compute) when configured; with
-enough 👍/👎/edits a KTO preference stage follows on the same adapter
-(`preference_stage`); then it exports the
-adapter to GGUF and evaluates base / current / candidate on the held-out set
-(`tuning.evaluate`). Results go to `result.json`; promotion is the parent's decision.
+`completion_loss`; never the embeddings or the LM head), as QLoRA (bitsandbytes 4-bit
+nf4, bf16 compute) when configured; with enough 👍/👎/edits a KTO preference stage
+follows on the same adapter (`preference_stage`); then it exports the adapter to GGUF and
+evaluates base / current / candidate on the held-out set (`tuning.evaluate`). Results
+go to `result.json`; promotion is the parent's decision.
 
 It runs at lower CPU priority (nice) with a bounded number of threads so the chat stays
 responsive, writes progress (step, loss, tokens/s, ETA, the loss curve) to `status.json`
@@ -63,6 +63,17 @@ def lower_priority(threads: int) -> None:
 
 def load_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# Output scalings trl's LM head applies and `completion_loss` does not (no model this
+# project ships has one): such a model keeps trl's loss.
+_LOGIT_SCALINGS = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
+def plain_loss_fits(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.get_text_config()
+    return all(getattr(config, name, None) is None for name in _LOGIT_SCALINGS)
 
 
 def completion_loss(model, inputs: dict, num_items_in_batch=None):
@@ -201,15 +212,15 @@ def run(run_dir: Path) -> dict:
     args.include_num_input_tokens_seen = "non_padding"
     progress = Progress()
 
-    class Trainer(SFTTrainer):
+    class CpuLossSFTTrainer(SFTTrainer):
         """SFTTrainer with `completion_loss` on a CPU; on CUDA trl's memory-saving loss."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if return_outputs or torch.cuda.is_available() or "labels" not in inputs:
+            if return_outputs or torch.cuda.is_available() or "labels" not in inputs or not plain_loss_fits(model):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             return completion_loss(model, inputs, num_items_in_batch)
 
-    trainer = Trainer(
+    trainer = CpuLossSFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=peft_config, callbacks=[progress],
     )
