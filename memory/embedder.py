@@ -187,17 +187,21 @@ class Embedder:
         return {"embedder_model": name, "embedder_fingerprint": digest, "embedder_backend": backend}
 
     @property
+    def _torch_model(self):
+        """The sentence-transformers model a torch backend runs (None for the ONNX ones)."""
+        if self.backend not in TORCH_BACKENDS:
+            return None
+        return self.model if self.backend == "torch" else self.bf16_model
+
+    @property
     def dimension(self) -> int:
-        if self.backend in TORCH_BACKENDS:
-            return int(self.model.get_embedding_dimension() if self.backend == "torch"
-                       else self.bf16_model.get_embedding_dimension())
-        return self.onnx.dimension
+        model = self._torch_model
+        return int(model.get_embedding_dimension()) if model is not None else self.onnx.dimension
 
     @property
     def max_tokens(self) -> int:
-        if self.backend in TORCH_BACKENDS:
-            return int((self.model if self.backend == "torch" else self.bf16_model).max_seq_length)
-        return self.onnx.max_seq_length
+        model = self._torch_model
+        return int(model.max_seq_length) if model is not None else self.onnx.max_seq_length
 
     def encode(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
         if not texts:

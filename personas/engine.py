@@ -242,9 +242,10 @@ class LlamaEngine:
     def prefill(self, prefix: Rendered, adapter: str | None = None, session=None, *,
                 yield_to_turns: bool = False) -> dict:
         """Evaluate the start of a coming turn's prompt (`prompting.render_prefix`: the
-        persona's start and the conversation so far) under the adapter of persona `adapter`, ahead of
-        the message: the UI calls it when a persona is picked, while the user types, so the
-        turn finds the conversation in the KV cache and pays only for its message. Tokens
+        persona's start and the conversation so far) under the adapter of persona
+        `adapter`, ahead of the message: the UI calls it when a persona is picked, while
+        the user types, so the turn finds the conversation in the KV cache and pays only
+        for its message. Tokens
         already cached (the same key's snapshot, a common prefix) are not evaluated again;
         the context being left is kept as a snapshot, as a turn would keep it.
         `yield_to_turns` (background catch-up): evaluate in small chunks and stop as soon
