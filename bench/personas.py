@@ -14,7 +14,9 @@ Measures, in one run:
     it then), vs a same-persona turn; how long the preparing takes is a detail;
   - decode tokens/s with an adapter vs the bare base;
   - router cost per message (scoring with the retrieval embedding reused) next to the
-    time to first token of a turn.
+    time to first token of a turn;
+  - reading a prompt (the first switch's 315 tokens, the bare base) and decoding with the
+    default model as served (Q8_0, re-encoded) vs as shipped (Q4_1): why it is re-encoded.
 Adapters are random GGUF LoRAs of rank 16 on q/k/v/o (written with `tuning.export`):
 their cost does not depend on what they learned, but on their shape, and trained adapters
 are now larger (rank 32, MLP too: `tuning.config`), so these figures are a lower bound.
@@ -158,6 +160,11 @@ def _run(ws: Workspace, quick: bool) -> dict:
             router.route(m, current="me")
             route_own_s.append(time.perf_counter() - t)
 
+    # 5. The served encoding of the base vs the shipped one (`personas.models`).
+    ws.progress("personas: prompt reading, served vs shipped encoding")
+    encoding = _encoding_speeds(engine, prompt_tokens=int(median(t["prompt_eval_tokens"] for t in first_switch)),
+                                runs=1 if quick else 3)
+
     ttft_same = median(t["ttft_ms"] for t in same)
     figures = {
         "persona_switch_back_ttft": figure(
@@ -189,6 +196,11 @@ def _run(ws: Workspace, quick: bool) -> dict:
             "decode speed with a LoRA adapter vs the bare base", median(with_adapter), "tok/s",
             "the same generation without an adapter", median(without), better="higher",
             label="with adapter", baseline_label="base"),
+        **({"served_encoding_prompt_reading": figure(
+            f"reading a {encoding['prompt_tokens']}-token prompt with the base as served ({encoding['served']}) "
+            f"vs as shipped ({encoding['shipped']})", encoding["served_ms"], "ms",
+            "the same tokens with the shipped file, same threads", encoding["shipped_ms"], better="lower",
+            label="served", baseline_label="shipped")} if encoding else {}),
         "router_share_of_ttft": figure(
             "router cost vs a turn's time to first token", median(route_reuse_s) * 1000, "ms",
             "time to first token of a same-persona turn", ttft_same, better="lower",
@@ -210,9 +222,51 @@ def _run(ws: Workspace, quick: bool) -> dict:
         "router_ms_with_own_embedding": round(median(route_own_s) * 1000, 3),
         "embed_one_message_ms": round(median(embed_s) * 1000, 3),
         "model_load_ms_at_start": round(engine.load_ms, 1),
+        "served_vs_shipped_encoding": encoding,
     }
     service.journal.close()
     return {"figures": figures, "details": details}
+
+
+def _encoding_speeds(engine, prompt_tokens: int, runs: int) -> dict:
+    """Prompt reading (ms for `prompt_tokens` tokens, from an empty cache, no adapter) and
+    decode tokens/s of the engine's base as served vs the file it was re-encoded from,
+    loaded with the same settings; {} when the served file is the shipped one."""
+    from llama_cpp import Llama
+
+    from personas.models import weights_file
+
+    shipped_path = weights_file(engine.model_path)
+    if shipped_path == engine.model_path:
+        return {}
+    text = " ".join(f"Tell me about rivers and the sea, part {i}, in a few lines." for i in range(40))
+    cfg = engine.config
+    with engine._lock:
+        engine._use_adapter(None)
+        engine._owner = None  # the context's tokens are read over below: no snapshot of them
+        shipped = Llama(model_path=str(shipped_path), n_ctx=cfg.n_ctx, n_batch=cfg.n_batch,
+                        n_threads=engine.llm.n_threads, n_threads_batch=engine.llm.n_threads, verbose=False)
+        try:
+            out = {}
+            for name, llm in (("served", engine.llm), ("shipped", shipped)):
+                tokens = llm.tokenize(text.encode())[:prompt_tokens]
+                read, rate = [], []
+                for _ in range(runs):
+                    llm.reset()
+                    started = time.perf_counter()
+                    llm.eval(tokens)
+                    read.append(time.perf_counter() - started)
+                    first, n = None, 0  # decode on from the prompt just read (it stays cached)
+                    for chunk in llm.create_completion(tokens, max_tokens=33, temperature=0.0, stream=True):
+                        n += 1
+                        first = first or time.perf_counter()
+                    rate.append((n - 1) / (time.perf_counter() - first) if n > 1 else 0.0)
+                llm.reset()
+                out[f"{name}_ms"] = round(median(read) * 1000, 1)
+                out[f"{name}_decode_tokens_per_s"] = round(median(rate), 1)
+        finally:
+            shipped.close()
+    return {"served": engine.model_path.name, "shipped": shipped_path.name, "prompt_tokens": len(tokens), **out}
 
 
 def run(home: Path, quick: bool = False, progress: Progress = no_progress, workspace: Workspace | None = None) -> dict:

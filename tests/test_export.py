@@ -9,8 +9,9 @@
   (greedy), and differs from the bare base. Exported without llama's q/k row permutation
   it does not.
 
-Numerics: the GGUF base is Q4_1 and llama.cpp quantises activations to 8 bits for its
-quantised matmuls, while transformers runs the dequantised weights in float32, so the two
+Numerics: the shipped GGUF is Q4_1 (the HF base is read from it), llama.cpp serves it
+re-encoded as Q8_0 and quantises activations to 8 bits for its quantised matmuls, while
+transformers runs the dequantised weights in float32, so the two
 base models' logits differ by ~0.23 on average (up to ~1–2 on single entries) with no
 adapter at all. Greedy decoding therefore agrees only where the top two candidates are
 further apart than that: on "What is the capital of France?" the two bases already part
@@ -35,7 +36,7 @@ from personas.adapters import AdapterLibrary
 from personas.catalog import GenerationParams
 from personas.config import EngineConfig
 from personas.engine import LlamaEngine
-from personas.models import embedded_chat_model
+from personas.models import embedded_chat_model, weights_file
 from tuning import base as base_mod
 from tuning.base import MARKER_FILE, load_gguf_with_transformers, materialize_hf_base
 from tuning.export import export_peft_to_gguf, permute_rows
@@ -51,7 +52,9 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 # -- fixtures -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gguf_path():
-    return embedded_chat_model()
+    """The GGUF as shipped: what the HF base is materialised from (llama.cpp serves its
+    Q8_0 re-encoding, `embedded_chat_model()`)."""
+    return weights_file(embedded_chat_model())
 
 
 # `hf_base` is the session fixture of conftest.py: materialize_hf_base(embedded GGUF,
@@ -82,7 +85,7 @@ def one_torch_thread():
 def peft_model(hf_base, tokenizer):
     """A LoRA r=8, alpha=16 on q/k/v/o, trained for a few real steps to give one persona
     reply to TRAIN_PROMPT. It generalises to other prompts (the persona voice), with top-2
-    logit margins well clear of the Q4_1 noise — unlike random LoRA weights, whose greedy
+    logit margins well clear of the quantisation noise — unlike random LoRA weights, whose greedy
     paths are full of near-ties (margins < 0.1) that the quantisation noise can flip."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -285,7 +288,7 @@ def test_exported_adapter_logits_stay_at_the_quantisation_noise_level(peft_model
     unpermuted = gap(peft, llama_logits(llama, "unpermuted", seq, len(ids)))
     adapter_effect = gap(peft, base)
     assert noise < 0.5 and adapter_effect > 4 * noise  # the adapter moves logits well above the noise
-    assert exported < 1.25 * noise, (noise, exported)  # the export adds nothing to the Q4_1 noise
+    assert exported < 1.25 * noise, (noise, exported)  # the export adds nothing to the quantisation noise
     assert unpermuted > 4 * exported, (exported, unpermuted)
 
 

@@ -128,3 +128,57 @@ def test_ui_switches_the_model_and_names_prompt_only_personas(service):
     with pytest.raises(Exception, match="Unknown model"):
         ui.switch_model("nope")
     assert service.engine.model_path.name == "gemma-3-270m-q4_k_m.gguf"  # a failed switch changes nothing
+
+
+def test_the_default_model_is_served_as_a_q8_0_re_encoding_of_the_packaged_file(tmp_path, monkeypatch):
+    """SmolLM2 ships as Q4_1; it is served re-encoded as Q8_0 (prompt reading at twice the
+    speed on this llama.cpp build), made once into the model cache, with the fingerprint of
+    the shipped weights, scoring real text as the shipped file does; a damaged re-encoding
+    is made again, and an unwritable cache serves the shipped file; once the shipped file
+    is gone (the image drops it), the re-encoding is served and keeps its fingerprint."""
+    from llama_cpp import Llama
+
+    from bench.corpora import fortune_texts
+    from bench.models import bits_per_char
+    from personas.models import fingerprint, gguf_metadata, packaged_chat_model, weights_file
+
+    monkeypatch.setenv("ALTEREGO_MODEL_CACHE", str(tmp_path / "cache"))
+    shipped = packaged_chat_model()
+    served = embedded_chat_model()
+    assert served.parent == tmp_path / "cache" and served.name == "SmolLM2-135M-Instruct.Q8_0.gguf"
+    ftype = "general.file_type"  # llama.cpp's enum: 3 = Q4_1, 7 = Q8_0
+    assert gguf_metadata(shipped, keys=(ftype,))[ftype] == 3 and gguf_metadata(served, keys=(ftype,))[ftype] == 7
+    assert fingerprint(served) == fingerprint(shipped) and weights_file(served) == shipped
+    assert chat_format(served) == CHAT and resolve_chat_model("") == served
+
+    made = served.stat().st_mtime_ns
+    assert embedded_chat_model() == served and served.stat().st_mtime_ns == made  # made once
+
+    # The same model: bits per character of real English text (Debian's fortunes) within 1%.
+    texts = fortune_texts("en", 3000)
+    scores = []
+    for path in (shipped, served):
+        llm = Llama(model_path=str(path), n_ctx=512, n_batch=512, logits_all=True, verbose=False)
+        scores.append(bits_per_char(llm, texts)[0])
+        llm.close()
+    assert abs(scores[1] - scores[0]) < 0.01 * scores[0], scores
+
+    import personas.models as models
+
+    def dropped():  # the CPU image deletes the shipped file once it is re-encoded
+        raise ModelNotFoundError("dropped")
+
+    with monkeypatch.context() as m:
+        m.setattr(models, "packaged_chat_model", dropped)
+        assert embedded_chat_model() == served and weights_file(served) == served
+        assert fingerprint(served) == fingerprint(shipped)  # the marker keeps it
+
+    size = served.stat().st_size
+    with open(served, "r+b") as fh:  # a crash or a full disk cut it short
+        fh.truncate(size // 2)
+    assert embedded_chat_model() == served and served.stat().st_size == size
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("ALTEREGO_MODEL_CACHE", str(blocked / "cache"))
+    assert embedded_chat_model() == shipped

@@ -25,7 +25,7 @@ from memory.hfstack import hf_imports
 from memory.journal import Journal
 from personas.adapters import AdapterLibrary
 from personas.catalog import Persona
-from personas.models import CHAT, TRANSCRIPT, chat_format, fingerprint, resolve_chat_model
+from personas.models import CHAT, TRANSCRIPT, chat_format, fingerprint, resolve_chat_model, weights_file
 
 from .config import TuningConfig
 from .dataset import DatasetSummary, harvest
@@ -69,7 +69,8 @@ def hf_base_dir(home: Path, config: TuningConfig, model_path: str) -> Path:
     from .base import materialize_hf_base
 
     gguf = resolve_chat_model(model_path)
-    return materialize_hf_base(gguf, home / "hf_base", fingerprint(gguf))
+    # From the weights as shipped, not a re-encoding made for serving speed.
+    return materialize_hf_base(weights_file(gguf), home / "hf_base", fingerprint(gguf))
 
 
 def base_chat_format(config: TuningConfig, model_path: str) -> str:
