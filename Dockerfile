@@ -66,9 +66,12 @@ RUN ALTEREGO_CA_BUNDLE="${CA_BUNDLE:+/src/docker-inputs/$CA_BUNDLE}" bash script
 # not the other packages' libraries: those that auditwheel patched break when stripped.
 # Also the embedder's float32 ONNX export (90 MB): `auto` runs torch-bf16 on CPUs with
 # bfloat16, else the int8 export, which stays; the `onnx` backend, if chosen, exports again
-# into a temporary folder at first use (the image's model cache is read-only).
+# into a temporary folder at first use (the image's model cache is read-only). And the
+# kubernetes client (126 MB) with chromadb's own tests: chromadb imports it only for its
+# distributed deployment, never in the embedded store or the single-node server we run.
 RUN sp=/opt/venv/lib/python3.11/site-packages \
     && rm -rf "$sp"/torch/test "$sp"/torch/bin/test_* "$sp"/torch/bin/protoc* "$sp"/torch/include \
+       "$sp"/kubernetes "$sp"/chromadb/test \
        "$sp"/bitsandbytes/libbitsandbytes_cuda*.so "$sp"/bitsandbytes/libbitsandbytes_rocm*.so \
        "$sp"/bitsandbytes/libbitsandbytes_xpu*.so \
     && strip --strip-unneeded "$sp"/torch/lib/*.so* \

@@ -129,6 +129,8 @@ def embedded_chat_model() -> Path:
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(target.parent, os.W_OK):  # a read-only image: no need to try each start
+            raise PermissionError(f"{target.parent} is read-only")
         _reencode(source, target, "Q8_0")
         target.with_name(target.name + ".ok").write_text(f"{target.stat().st_size} {source_print}\n")
     except (OSError, RuntimeError) as exc:
