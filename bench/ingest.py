@@ -105,12 +105,15 @@ def import_export(ws: Workspace, suite: str, messages: int, stats: dict | None =
 
 
 def corpus(ws: Workspace, quick: bool):
-    """Embedded scene texts for the retrieval suite: this run's ingest corpus if the
-    ingest suite ran, otherwise a small one made now."""
+    """Embedded scene texts for the retrieval suite — (texts, scene vectors, packed line
+    vectors), as an import makes them — of this run's ingest corpus if the ingest suite
+    ran, otherwise of a small one made now."""
+    from memory.lines import embed_scenes
+
     if "corpus" not in ws.cache:
         ws.progress("corpus: importing a generated chat export")
         texts, _ = import_export(ws, "corpus", 600 if quick else 2000)
-        ws.cache["corpus"] = (texts, ws.embedder.encode(texts))
+        ws.cache["corpus"] = (texts, *embed_scenes(ws.embedder.encode, texts, ["whatsapp"] * len(texts)))
     return ws.cache["corpus"]
 
 
@@ -135,7 +138,9 @@ def _run(ws: Workspace, quick: bool) -> dict:
     store = SceneStore(ws.settings("ingest-insert").home / "chroma")
     metas = [{"source": "bench", "i": i} for i in range(n)]
     _, t_insert = timed(lambda: store.add([f"id{i}" for i in range(n)], vecs, texts, metas))
-    ws.cache["corpus"] = (texts, vecs)
+    from memory.lines import embed_scenes
+
+    ws.cache["corpus"] = (texts, *embed_scenes(embedder.encode, texts, ["whatsapp"] * n))  # as imported, untimed
 
     real = falstaff_texts(100 if quick else 300)
     agree = {"ingest_scenes": agreement(vecs, reference)}

@@ -6,8 +6,9 @@ are held-out real messages, the evidence is the reply that followed each (see th
 module for how they are made and why they favour no method). In the same run, with the
 same embedder and the same token budget, three retrievals answer every question:
 
-  (a) today's dense scenes: whole scenes by cosine (`memory.retrieval = "dense"`,
-      top_k = 4 per 300 tokens of budget, as before within 300);
+  (a) dense scenes: whole scenes by cosine (`memory.retrieval = "dense"`,
+      top_k = 4 per 300 tokens of budget, as before within 300), the ranking before
+      hybrid, on today's scene vectors (the mean of their lines', `memory.lines`);
   (b) fixed windows of 4 messages, embedded into their own collection, ranked the same
       way: the simplest chunking there is, and the baseline of every figure;
   (c) hybrid retrieval as configured (`memory.retrieval = "hybrid"`, the defaults).

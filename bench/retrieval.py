@@ -6,7 +6,8 @@ For collections of 10k and 100k scenes (1k and 5k with --quick) it measures:
     (so every turn pays its whole prompt, retrieved notes included): the time spent in
     retrieval (embed, dense + BM25 search, fusion and passages, as the turn itself
     measures it) as a share of the turn's time to first token.
-The collections hold real embeddings of the ingest suite's scenes plus small noise:
+The collections hold real embeddings of the ingest suite's scenes plus small noise (their
+line vectors as they are, so each turn reads and scores them as after an import):
 embedding 100k scenes would take ~10 minutes and measure nothing new, since search cost
 depends on the collection's size, not on where its vectors came from.
 
@@ -34,7 +35,7 @@ def _run(ws: Workspace, quick: bool) -> dict:
 
     sizes = (1_000, 5_000) if quick else (10_000, 100_000)
     turns_per_size = 1 if quick else 3
-    texts, vecs = corpus(ws, quick)
+    texts, vecs, lines = corpus(ws, quick)
     service = ws.service("retrieval", max_tokens=8)
     store = service.memory.store
     embedder = ws.embedder
@@ -52,7 +53,7 @@ def _run(ws: Workspace, quick: bool) -> dict:
             noisy = vecs[idx] + rng.normal(0, 0.05, (n, vecs.shape[1])).astype(np.float32)
             noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
             store.add([f"s{filled + i}" for i in range(n)], noisy, [texts[j] for j in idx],
-                      [{"source": "bench", "source_kind": "whatsapp"}] * n)
+                      [{"source": "bench", "source_kind": "whatsapp"}] * n, lines=[lines[j] for j in idx])
             filled += n
         store.query(embedder.encode_one("warm up"), k)  # the first query after inserts loads the index
         store.lexical.refresh()  # the BM25 model is rebuilt after an import, not in the next turn

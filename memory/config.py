@@ -39,6 +39,7 @@ class MemoryConfig:
     passage_before: int = 1  # lines of context a passage keeps before its best line
     passage_after: int = 1  # ...and after it
     cosine_weight: float = 1.0  # passage score = query word weight held + this × scene cosine
+    line_weight: float = 2.0  # ...+ this × the cosine of the passage's best line (memory.lines)
     neighbours: bool = True  # let a passage run on into the scene before/after
     candidates: int = 30  # scenes each ranking contributes to the fusion
     rrf_k: float = 60.0

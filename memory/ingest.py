@@ -31,6 +31,7 @@ from .embedder import Embedder
 from .errors import MemoryUserError, UnsupportedFormatError
 from .importers import detect_format, open_source
 from .journal import Journal
+from .lines import embed_scenes
 from .recovery import ImportLock, rollback_dead_imports
 from .scenes import cut_scenes
 from .store import SceneStore
@@ -259,11 +260,11 @@ class Ingestor:
         if not new:
             return
         texts = [s.text for s in new]
-        vectors = self.embedder.encode(texts)
+        vectors, lines = embed_scenes(self.embedder.encode, texts, [s.source_kind for s in new])
         lap("embed")
         metas = [s.metadata(import_id) for s in new]
         lap("language")
-        self.store.add([s.id for s in new], vectors, texts, metas, timings=stages)  # times its two parts
+        self.store.add([s.id for s in new], vectors, texts, metas, timings=stages, lines=lines)  # times its two parts
         report.scenes_added += len(new)
         for meta in metas:
             lang = meta.get("language") or "und"

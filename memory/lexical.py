@@ -5,7 +5,8 @@ lower-cased, `ё` folded to `е`, English and Russian stop words dropped, stemme
 Snowball by script (English for Latin words; for Cyrillic ones the Russian stem cut to
 five letters, so "поездке" finds "поездка" and "Булгакова" finds "Булгаков"). The index
 is one SQLite file per collection under `<data root>/lexical/` — a row per scene (id,
-source, position, conversation, timestamp, speakers, import id, terms), written in the
+source, position, conversation, timestamp, speakers, import id, terms, and its line
+vectors from `memory.lines`, NULL until made), written in the
 same calls as Chroma (`SceneStore`), also answering which scene comes before or after a
 hit; every write bumps a generation number. The BM25 matrix is derived from the rows on
 first use after a change and saved as a snapshot named after its generation, so another
@@ -82,14 +83,14 @@ class _Tokenizer:
 tokenize = _Tokenizer()
 
 
-def _row_values(scene_id: str, text: str, meta: dict) -> tuple:
+def _row_values(scene_id: str, text: str, meta: dict, lines: bytes | None) -> tuple:
     position = meta.get("position")
     ts = meta.get("timestamp")
     return (
         scene_id, str(meta.get("source", "")), int(position) if position is not None else None,
         str(meta.get("conversation", "")), float(ts) if ts is not None else None,
         str(meta.get("speakers") or meta.get("speaker") or ""), meta.get("import_id"),
-        " ".join(tokenize(text)),
+        " ".join(tokenize(text)), lines,
     )
 
 
@@ -97,7 +98,7 @@ class LexicalIndex:
     SCHEMA = """
         CREATE TABLE IF NOT EXISTS scenes (
             id TEXT PRIMARY KEY, source TEXT NOT NULL, position INTEGER, conversation TEXT NOT NULL,
-            timestamp REAL, speakers TEXT NOT NULL, import_id INTEGER, tokens TEXT NOT NULL);
+            timestamp REAL, speakers TEXT NOT NULL, import_id INTEGER, tokens TEXT NOT NULL, lines BLOB);
         CREATE INDEX IF NOT EXISTS scenes_at ON scenes (source, position);
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
         INSERT OR IGNORE INTO meta VALUES ('generation', 0);
@@ -114,6 +115,9 @@ class LexicalIndex:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(self.SCHEMA)
+        if "lines" not in {r[1] for r in self.db.execute("PRAGMA table_info(scenes)")}:
+            # A table from before line vectors: its rows get them from SceneMemory's fill.
+            self.db.execute("ALTER TABLE scenes ADD COLUMN lines BLOB")
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             version = self.db.execute("SELECT value FROM meta WHERE key = 'tokenizer'").fetchone()[0]
@@ -138,12 +142,15 @@ class LexicalIndex:
     def _bump(self) -> None:
         self.db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
 
-    def add(self, ids: list[str], documents: list[str], metadatas: list[dict]) -> None:
-        rows = [_row_values(i, d, m or {}) for i, d, m in zip(ids, documents, metadatas)]
+    def add(self, ids: list[str], documents: list[str], metadatas: list[dict],
+            lines: list[bytes] | None = None) -> None:
+        """Rows for these scenes; `lines` are their packed line vectors (None: made later)."""
+        lines = lines if lines is not None else [None] * len(ids)
+        rows = [_row_values(i, d, m or {}, b) for i, d, m, b in zip(ids, documents, metadatas, lines)]
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                self.db.executemany("INSERT OR REPLACE INTO scenes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self.db.executemany("INSERT OR REPLACE INTO scenes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 self._bump()
                 self.db.execute("COMMIT")
             except BaseException:
@@ -164,7 +171,37 @@ class LexicalIndex:
                 self.db.execute("ROLLBACK")
                 raise
 
+    def set_lines(self, ids: list[str], lines: list[bytes]) -> None:
+        """Store packed line vectors for existing rows (BM25 is untouched: no new generation)."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.executemany("UPDATE scenes SET lines = ? WHERE id = ?", list(zip(lines, ids)))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
     # -- reads --------------------------------------------------------------------------
+    def ids_without_lines(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT id FROM scenes WHERE lines IS NULL ORDER BY rowid")]
+
+    def line_vectors(self, ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """scene id → its line vectors (float32 rows, in line order), where stored."""
+        from .lines import unpack
+
+        ids = list(dict.fromkeys(ids))
+        out = {}
+        with self._lock:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for sid, blob in self.db.execute(f"SELECT id, lines FROM scenes WHERE id IN ({marks})", chunk):
+                    vectors = unpack(blob)
+                    if vectors is not None:
+                        out[sid] = vectors
+        return out
+
     def generation(self) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
 

@@ -6,7 +6,8 @@ searches restricted to them, so their scenes join the pool without others being
 filtered away. A turn then gets passages, not whole scenes: every line of every pooled
 scene is the centre of a window of `passage_before`/`passage_after` lines, scored by
 `Scorer` (the share of the query's BM25 word weight the window holds, plus the scene's
-cosine, plus bonuses for the named person's lines and time), and the best windows fill
+cosine, plus the cosine of its best line by that line's own vector, `memory.lines`, plus
+bonuses for the named person's lines and time), and the best windows fill
 the budget. A window runs on into the scene before or after when the two were cut apart
 by size alone, so a reply stored in the next scene comes along; windows that touch merge
 into one note, so no line is paid for twice; only relevant scenes take part (cosine ≥
@@ -24,6 +25,7 @@ from .config import MemoryConfig
 from .documents import PROSE_KINDS
 from .hints import Hints, parse_hints, speaker_names
 from .lexical import tokenize
+from .lines import scene_lines
 from .scenes import estimate_tokens
 from .store import Hit, SceneStore
 
@@ -119,7 +121,15 @@ class HybridRetriever:
         cands, terms, hints = self.rank(vector, query, max(k, self.config.candidates))
         lexical = self.store.lexical
         scorer = Scorer(lexical.idf(terms) if lexical is not None else {}, hints, self.config)
-        cands.sort(key=lambda c: -scorer(c, _split(c.text, c.meta.get("source_kind", ""))))
+        vectors = lexical.line_vectors(c.id for c in cands) if lexical is not None else {}
+
+        def score(c: Candidate) -> float:
+            lines = scene_lines(c.text, c.meta.get("source_kind", ""))
+            vecs = vectors.get(c.id)
+            cosines = list(vecs @ vector) if vecs is not None and len(vecs) == len(lines) else None
+            return scorer(c, lines, cosines)
+
+        cands.sort(key=lambda c: -score(c))
         return [self._hit(c) for c in cands[:k]]
 
     @staticmethod
@@ -134,17 +144,19 @@ class HybridRetriever:
         scorer = Scorer(lexical.idf(terms) if lexical is not None else {}, hints, cfg)
         # Relevant: close in meaning, or holding most of the query's word weight.
         cands = [c for c in cands if c.cosine >= cfg.min_score
-                 or scorer.share(_split(c.text, c.meta.get("source_kind", ""))) >= cfg.lexical_gate]
+                 or scorer.share(scene_lines(c.text, c.meta.get("source_kind", ""))) >= cfg.lexical_gate]
         if not cands:
             return []
-        return Packer(self.store, cfg, scorer).pack(cands)
+        return Packer(self.store, cfg, scorer, vector).pack(cands)
 
 
 class Scorer:
     """How well some lines of a scene answer the query: the share of the query's word
     weight (BM25 idf) they hold, plus `cosine_weight` × the scene's cosine, plus
-    `hint_weight` × (the share held by lines of the person the query names, and 1 if
-    the scene falls in the time span it names)."""
+    `line_weight` × the best of those lines' own cosines (when the scene has line
+    vectors; of the named person's lines when the query names someone who speaks in
+    them), plus `hint_weight` × (the share held by lines of the person the query names,
+    and 1 if the scene falls in the time span it names)."""
 
     def __init__(self, idf: dict[str, float], hints: Hints, config: MemoryConfig):
         self.idf, self.hints, self.config = idf, hints, config
@@ -160,12 +172,18 @@ class Scorer:
         have = set().union(*(self.terms(line) for line in lines)) if lines else set()
         return sum(w for t, w in self.idf.items() if t in have) / self.total
 
-    def __call__(self, cand: Candidate, lines: list[str]) -> float:
+    def __call__(self, cand: Candidate, lines: list[str], cosines: list | None = None) -> float:
+        """`cosines`: each line's own cosine to the query (None where unknown)."""
         cfg, hints = self.config, self.hints
         score = self.share(lines) + cfg.cosine_weight * cand.cosine
-        if hints.speakers:
-            said = [line for line in lines if line.split(": ", 1)[0] in hints.speakers]
-            score += cfg.hint_weight * self.share(said)
+        said = [i for i, line in enumerate(lines) if line.split(": ", 1)[0] in hints.speakers] if hints.speakers else []
+        if cosines is not None:
+            # "What did Bob say about X": Bob's line about X, not Anna's beside it.
+            known = [cosines[i] for i in (said or range(len(lines))) if cosines[i] is not None]
+            if known:
+                score += cfg.line_weight * float(max(known))
+        if said:
+            score += cfg.hint_weight * self.share([lines[i] for i in said])
         if hints.in_span(cand.meta.get("timestamp")):
             score += cfg.hint_weight
         return score
@@ -187,19 +205,15 @@ def dense_for_turn(store: SceneStore, vector: np.ndarray, config: MemoryConfig) 
     return kept
 
 
-def _split(text: str, kind: str) -> list[str]:
-    sep = "\n\n" if kind in PROSE_KINDS else "\n"
-    return [line for line in text.split(sep) if line.strip()]
-
-
 class Packer:
     """Lays ranked scenes out as passages within the budget (see the module docstring).
     Lines are keyed (group, position, line number); a group is one conversation of one
     source, where positions are consecutive scenes."""
 
-    def __init__(self, store: SceneStore, config: MemoryConfig, scorer: Scorer):
-        self.store, self.config, self.scorer = store, config, scorer
+    def __init__(self, store: SceneStore, config: MemoryConfig, scorer: Scorer, vector: np.ndarray):
+        self.store, self.config, self.scorer, self.vector = store, config, scorer, vector
         self.lines: dict[tuple, str] = {}  # every known line
+        self.cosines: dict[tuple, float] = {}  # line key → its own cosine to the query
         self.nlines: dict[tuple, int] = {}  # (group, position) → lines in that scene
         self.continues: dict[tuple, bool] = {}
         self.picked: dict[tuple, float] = {}  # line key → score of the passage that took it
@@ -208,7 +222,7 @@ class Packer:
         self.used = 0
         self.runs = 0
 
-    def _scene(self, sid: str, text: str, meta: dict) -> tuple:
+    def _scene(self, sid: str, text: str, meta: dict, vectors: np.ndarray | None = None) -> tuple:
         pos = meta.get("position")
         if pos is None:  # no position: a group of its own
             key = (("#", sid), 0)
@@ -216,11 +230,14 @@ class Packer:
             key = ((meta.get("source", ""), meta.get("conversation", "")), int(pos))
         if key not in self.nlines:
             self.scene_meta[key] = meta
-            lines = _split(text, meta.get("source_kind", ""))
+            lines = scene_lines(text, meta.get("source_kind", ""))
             self.nlines[key] = len(lines)
             self.continues[key] = bool(meta.get("continues", True)) and pos is not None
+            cosines = vectors @ self.vector if vectors is not None and len(vectors) == len(lines) else None
             for i, line in enumerate(lines):
                 self.lines[(*key, i)] = line
+                if cosines is not None:
+                    self.cosines[(*key, i)] = float(cosines[i])
         return key
 
     def _before(self, line: tuple) -> tuple | None:
@@ -272,20 +289,23 @@ class Packer:
         return lines
 
     def pack(self, cands: list[Candidate]) -> list[Hit]:
-        cfg = self.config
-        keys = [self._scene(c.id, c.text, c.meta) for c in cands]
-        if cfg.neighbours and self.store.lexical is not None:
-            around = self.store.lexical.neighbours(c.id for c in cands)
+        cfg, lexical = self.config, self.store.lexical
+        wanted: set[str] = set()
+        if cfg.neighbours and lexical is not None:
+            around = lexical.neighbours(c.id for c in cands)
             wanted = {n for pair in around.values() for n in pair if n}
-            for sid, (text, meta, _) in self.store.get(sorted(wanted)).items():
-                self._scene(sid, text, meta)
+        vectors = lexical.line_vectors([c.id for c in cands] + sorted(wanted)) if lexical is not None else {}
+        keys = [self._scene(c.id, c.text, c.meta, vectors.get(c.id)) for c in cands]
+        for sid, (text, meta, _) in self.store.get(sorted(wanted)).items():
+            self._scene(sid, text, meta, vectors.get(sid))
         # Every line of every candidate scene is the centre of a window (see Scorer).
         windows = []
         for rank, (cand, key) in enumerate(zip(cands, keys)):
             self.meta.setdefault(key, (cand, rank))
             for i in range(self.nlines[key]):
                 lines = self._window((*key, i))
-                windows.append((self.scorer(cand, [self.lines[line] for line in lines]), -rank, lines))
+                score = self.scorer(cand, [self.lines[line] for line in lines], [self.cosines.get(line) for line in lines])
+                windows.append((score, -rank, lines))
         windows.sort(key=lambda w: (w[0], w[1]), reverse=True)
         for score, _, lines in windows:
             if cfg.context_tokens - self.used < 12:

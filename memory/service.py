@@ -5,7 +5,8 @@ It composes the embedder, the Chroma store (with its BM25 index under
 process that never touches memory never loads an embedding model or ChromaDB. Opening
 the store checks that its vectors are the configured embedder's: a collection whose
 vectors another backend of the same model made (int8 against torch's) is re-embedded in
-place once, one made by another model is refused with a clear message."""
+place once, one made by another model is refused with a clear message; scenes without
+line vectors (`memory.lines`: a collection from before them) get them then, once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import typing
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from .config import MemoryConfig
 from .embedder import Embedder
 from .errors import MemoryUserError, StoreUnavailableError
 from .journal import Journal
+from .lines import embed_scenes
 from .recovery import rollback_dead_imports
 from .scenes import my_lines
 from .retrieval import HybridRetriever, dense_for_turn
@@ -86,6 +89,13 @@ class SceneMemory:
                 # between the two writes or an import by another replica (server mode).
                 if store.lexical.count() != store.count():
                     store.lexical.reconcile(store)
+                # Rows without line vectors (a collection from before them, or rows just
+                # repaired from Chroma) get them now, and their scenes the matching vector.
+                missing = store.lexical.ids_without_lines()
+                if missing:
+                    log.warning("making line vectors for %s scenes of collection '%s' (once)",
+                                len(missing), self.config.collection)
+                    store.reembed(partial(embed_scenes, embedder.encode), ids=missing)
                 self._store = store
             return self._store
 
@@ -114,7 +124,7 @@ class SceneMemory:
         made_by = have.get("embedder_backend", "torch (not recorded)")
         log.warning("re-embedding the %s scenes of collection '%s' once: made by %s, memory.embedder_backend is %s",
                     store.count(), self.config.collection, made_by, want["embedder_backend"])
-        done = store.reembed(embedder.encode)
+        done = store.reembed(partial(embed_scenes, embedder.encode))
         store.record_embedder(want)
         log.warning("re-embedded %s scenes with %s", done, want["embedder_backend"])
 

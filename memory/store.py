@@ -10,7 +10,8 @@ a crash in between leaves at most scenes of a still-`running` import in Chroma a
 alone (dropped by `LexicalIndex.reconcile`, and never returned meanwhile, since hits are
 read back from Chroma). The collection's metadata records which embedder (model
 fingerprint and backend) made its vectors; `SceneMemory` compares it with the configured
-one when it opens the store, and `reembed` replaces the vectors in place."""
+one when it opens the store, and `reembed` replaces the vectors (and the lexical rows'
+line vectors, `memory.lines`) in place."""
 
 from __future__ import annotations
 
@@ -105,14 +106,21 @@ class SceneStore:
         others = {k: v for k, v in (self.collection.metadata or {}).items() if not k.startswith("embedder_")}
         self.collection.modify(metadata={**others, **identity})  # modify replaces the whole mapping
 
-    def reembed(self, encode, page: int = 512) -> int:
-        """Replace every scene's vector with `encode(texts)`, in pages; ids, texts and
+    def reembed(self, embed, page: int = 512, ids: list[str] | None = None) -> int:
+        """Re-make the vectors of every scene (or of `ids`) from its text with
+        `embed(texts, kinds) -> (scene vectors, packed line vectors)`, in pages: the scene
+        vectors into Chroma, the line vectors into the lexical rows. Ids, texts and
         metadata stay. Idempotent: a run cut short is simply done again."""
-        ids = sorted(self.all_ids())
+        ids = sorted(self.all_ids()) if ids is None else list(ids)
         for i in range(0, len(ids), page):
-            got = self.collection.get(ids=ids[i : i + page], include=["documents"])
-            if got["ids"]:
-                self.collection.update(ids=got["ids"], embeddings=encode(got["documents"]))
+            got = self.collection.get(ids=ids[i : i + page], include=["documents", "metadatas"])
+            if not got["ids"]:
+                continue
+            kinds = [(m or {}).get("source_kind", "") for m in got["metadatas"]]
+            vectors, lines = embed(got["documents"], kinds)
+            self.collection.update(ids=got["ids"], embeddings=vectors)
+            if self.lexical is not None:
+                self.lexical.set_lines(got["ids"], lines)
         return len(ids)
 
     def existing(self, ids: list[str]) -> set[str]:
@@ -121,9 +129,10 @@ class SceneStore:
         return set(self.collection.get(ids=ids, include=[])["ids"])
 
     def add(self, ids: list[str], embeddings: np.ndarray, documents: list[str], metadatas: list[dict],
-            timings: dict[str, float] | None = None) -> None:
-        """Add scenes to Chroma, then to the BM25 rows; `timings` (when given) gains the
-        seconds each took, as "chroma" and "lexical"."""
+            timings: dict[str, float] | None = None, lines: list[bytes] | None = None) -> None:
+        """Add scenes to Chroma, then to the BM25 rows (with their packed line vectors,
+        when given); `timings` (when given) gains the seconds each took, as "chroma" and
+        "lexical"."""
         timings = {} if timings is None else timings
         for i in range(0, len(ids), self.max_batch):
             sl = slice(i, i + self.max_batch)
@@ -134,7 +143,7 @@ class SceneStore:
             middle = time.perf_counter()
             timings["chroma"] = timings.get("chroma", 0.0) + middle - start
             if self.lexical is not None:
-                self.lexical.add(ids[sl], documents[sl], metadatas[sl])
+                self.lexical.add(ids[sl], documents[sl], metadatas[sl], None if lines is None else lines[sl])
                 timings["lexical"] = timings.get("lexical", 0.0) + time.perf_counter() - middle
 
     def ids_where(self, where: dict) -> list[str]:

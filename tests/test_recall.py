@@ -3,7 +3,8 @@ script, the BM25 index follows Chroma through import, forget, re-import, a lost 
 folder, a crash between the two writes and a kill -9 mid-import; a Russian question
 finds its Russian note first; a named person or time lifts the matching scenes; a hit
 brings the lines around it (across a size cut into the next scene), overlapping hits
-merge, and the notes stay within the budget; the sources panel shows when and who; the
+merge, and the notes stay within the budget; a line is found by its own vector, and
+rows from before line vectors get them; the sources panel shows when and who; the
 recall benchmark's questions are held out of what is imported."""
 
 from __future__ import annotations
@@ -291,9 +292,62 @@ def test_a_hit_brings_its_neighbours_and_overlaps_merge(service, tmp_path):
 
     assert sum(estimate_tokens(line) for line in text.splitlines()) + NOTE_OVERHEAD * len(hits) <= 200
 
-    dense = open_memory(service, scene_tokens=110, context_tokens=200, retrieval="dense").retrieve(
+    # (A scene's vector is the mean of its lines': one matching line among seven sits
+    # below the default min_score, which the whole-scene ranking applies to scenes.)
+    dense = open_memory(service, scene_tokens=110, context_tokens=200, retrieval="dense", min_score=0.1).retrieve(
         "the blue umbrella lost at the opera").hits
     assert dense and "cloakroom" not in dense[0].text  # before: the scene alone
+
+
+def test_a_line_is_found_by_its_own_meaning_and_old_rows_get_line_vectors(service, tmp_path, caplog):
+    """Each line of a scene has its own vector (int8, in the lexical row) and the scene's
+    vector is their mean: a passage is chosen by its best line's cosine, so the one line
+    that answers a question sharing none of its words comes first — with the line
+    weight at 0 the scene's other lines tie with it and the first of them wins. Rows
+    without line vectors (a collection from before them) get them when the store opens."""
+    import numpy as np
+
+    from memory.lines import pack, unpack
+
+    filler = ["the meeting moved to thursday", "traffic was awful on the bridge", "printer is jammed again",
+              "can you send the slides", "lunch at noon works", "the wifi keeps dropping",
+              "forgot my badge at home", "the report needs one more chart"]
+    lines = [f"01/02/23, 10:{i:02d} - {'Anna' if i % 2 else 'Bob'}: {text}" for i, text in enumerate(filler)]
+    lines.insert(6, "01/02/23, 10:06 - Bob: we adopted a small grey kitten from the shelter last week")
+    chat = tmp_path / "office.txt"
+    chat.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    memory = open_memory(service, context_tokens=60, min_score=0.0)
+    memory.import_paths([chat], me=["Bob"])
+    store = memory.store
+    got = store.collection.get(include=["documents", "embeddings"])
+    assert len(got["ids"]) == 1  # one scene of nine lines
+    vectors = store.lexical.line_vectors(got["ids"])[got["ids"][0]]
+    assert vectors.shape == (9, 384)
+    mean = vectors.mean(axis=0)
+    assert float(np.dot(mean / np.linalg.norm(mean), got["embeddings"][0])) > 0.999
+
+    question = "did your family get a new pet?"
+    hits = memory.retrieve(question).hits
+    assert hits and "kitten" in hits[0].text, [h.text for h in hits]
+    flat = open_memory(service, context_tokens=60, min_score=0.0, line_weight=0.0).retrieve(question).hits
+    assert flat and not any("kitten" in h.text for h in flat)  # the scene's cosine cannot tell its lines apart
+    assert "kitten" in memory.search(question, k=1)[0].text
+
+    # A row without line vectors is given them (and its scene the matching vector) at the next open.
+    store.lexical.db.execute("UPDATE scenes SET lines = NULL")
+    caplog.set_level("WARNING", logger="memory.service")
+    again = open_memory(service, context_tokens=60, min_score=0.0)
+    assert again.store.lexical.ids_without_lines() == [] and "making line vectors for 1 scenes" in caplog.text
+    assert np.allclose(again.store.lexical.line_vectors(got["ids"])[got["ids"][0]], vectors, atol=0.02)
+    assert "kitten" in again.retrieve(question).hits[0].text
+
+    # int8 rows keep the cosines; a blob that does not add up reads as none.
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(5, 384)).astype(np.float32)
+    back = unpack(pack(rows))
+    cos = (back * rows).sum(1) / np.linalg.norm(back, axis=1) / np.linalg.norm(rows, axis=1)
+    assert back.shape == (5, 384) and cos.min() > 0.999
+    assert unpack(pack(rows)[:-3]) is None and unpack(b"") is None and unpack(None) is None
 
 
 def test_small_talk_pulls_in_nothing_from_unrelated_notes(service):
