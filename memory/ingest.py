@@ -1,7 +1,8 @@
 """Importing files into scene memory, all-or-nothing per file.
 
 For each file: detect the format, decide who "me" is, stream utterances through the
-scene chunker, and embed + insert scenes in batches (bounded memory for any file size).
+scene chunker, and embed (line by line, `memory.lines`) + insert scenes in batches
+(bounded memory for any file size).
 Atomicity: every scene added carries the id of its import run. If the file fails midway,
 the run's scenes are deleted and the file's previous scenes are untouched; if it
 succeeds, the file's scenes that no longer occur in it (a changed file) are deleted.

@@ -3,11 +3,12 @@ label, or a prose paragraph), its vector for Chroma is the normalised mean of it
 vectors, and the line vectors themselves are kept, int8, in the scene's BM25 row
 (`memory.lexical`), so a turn can score each line of a candidate scene by meaning as
 well as by words (`memory.retrieval`). Why: the line that answers a question is one
-message among a dozen, and a whole-scene vector blurs it — on the recall benchmark's
-tuning person, scoring lines by their own cosine found the evidence for 0.45 of the
-questions at 600 tokens against 0.38 with the scene's cosine alone. Embedding lines
-costs about what embedding whole scenes did (the same tokens in shorter sequences:
-0.97x on the ingest benchmark's chat, 1.3x on chats of very short messages)."""
+message among a dozen, and a whole-scene vector blurs it: on the recall benchmark at
+600 tokens, scoring lines by their own cosine found the evidence for 0.454 of the
+tuning person's questions against 0.375 with the scene's cosine alone, and 0.276
+against 0.250 for the reported person. Embedding lines costs about what embedding
+whole scenes did (the same tokens in shorter sequences: 0.97x on the ingest
+benchmark's chat, 1.24x on the recall benchmark's chats of very short messages)."""
 
 from __future__ import annotations
 
