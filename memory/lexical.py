@@ -142,45 +142,35 @@ class LexicalIndex:
     def _bump(self) -> None:
         self.db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
 
+    def _write(self, statement: str, rows: list, bump: bool = True) -> None:
+        """`statement` over `rows` in one transaction, bumping the generation when the
+        BM25 model must follow."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.executemany(statement, rows)
+                if bump:
+                    self._bump()
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
     def add(self, ids: list[str], documents: list[str], metadatas: list[dict],
             lines: list[bytes] | None = None) -> None:
         """Rows for these scenes; `lines` are their packed line vectors (None: made later)."""
         lines = lines if lines is not None else [None] * len(ids)
         rows = [_row_values(i, d, m or {}, b) for i, d, m, b in zip(ids, documents, metadatas, lines)]
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.executemany("INSERT OR REPLACE INTO scenes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                self._bump()
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        self._write("INSERT OR REPLACE INTO scenes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def delete(self, ids: Iterable[str]) -> None:
         ids = list(ids)
-        if not ids:
-            return
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.executemany("DELETE FROM scenes WHERE id = ?", [(i,) for i in ids])
-                self._bump()
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        if ids:
+            self._write("DELETE FROM scenes WHERE id = ?", [(i,) for i in ids])
 
     def set_lines(self, ids: list[str], lines: list[bytes]) -> None:
         """Store packed line vectors for existing rows (BM25 is untouched: no new generation)."""
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.executemany("UPDATE scenes SET lines = ? WHERE id = ?", list(zip(lines, ids)))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        self._write("UPDATE scenes SET lines = ? WHERE id = ?", list(zip(lines, ids)), bump=False)
 
     # -- reads --------------------------------------------------------------------------
     def ids_without_lines(self) -> list[str]:

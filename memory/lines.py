@@ -60,6 +60,14 @@ def embed_scenes(encode: Callable[[list[str]], np.ndarray], texts: list[str],
     return scenes, packed
 
 
+def line_cosines(vectors: np.ndarray | None, query: np.ndarray, count: int) -> np.ndarray | None:
+    """Each line's cosine to the (normalised) query, or None when the scene has no line
+    vectors or they do not match its `count` lines (a row from another text)."""
+    if vectors is None or len(vectors) != count:
+        return None
+    return vectors @ query
+
+
 def pack(vectors: np.ndarray) -> bytes:
     """Rows as int8 with a float32 scale each (a cosine error of about 0.001): 4 + 4n +
     n·d bytes, so 100k scenes of ten lines take ~390 MB instead of 1.5 GB."""

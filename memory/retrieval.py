@@ -25,7 +25,7 @@ from .config import MemoryConfig
 from .documents import PROSE_KINDS
 from .hints import Hints, parse_hints, speaker_names
 from .lexical import tokenize
-from .lines import scene_lines
+from .lines import line_cosines, scene_lines
 from .scenes import estimate_tokens
 from .store import Hit, SceneStore
 
@@ -125,9 +125,8 @@ class HybridRetriever:
 
         def score(c: Candidate) -> float:
             lines = scene_lines(c.text, c.meta.get("source_kind", ""))
-            vecs = vectors.get(c.id)
-            cosines = list(vecs @ vector) if vecs is not None and len(vecs) == len(lines) else None
-            return scorer(c, lines, cosines)
+            found = line_cosines(vectors.get(c.id), vector, len(lines))
+            return scorer(c, lines, None if found is None else list(found))
 
         cands.sort(key=lambda c: -score(c))
         return [self._hit(c) for c in cands[:k]]
@@ -233,11 +232,11 @@ class Packer:
             lines = scene_lines(text, meta.get("source_kind", ""))
             self.nlines[key] = len(lines)
             self.continues[key] = bool(meta.get("continues", True)) and pos is not None
-            cosines = vectors @ self.vector if vectors is not None and len(vectors) == len(lines) else None
+            found = line_cosines(vectors, self.vector, len(lines))
             for i, line in enumerate(lines):
                 self.lines[(*key, i)] = line
-                if cosines is not None:
-                    self.cosines[(*key, i)] = float(cosines[i])
+                if found is not None:
+                    self.cosines[(*key, i)] = float(found[i])
         return key
 
     def _before(self, line: tuple) -> tuple | None:
