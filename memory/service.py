@@ -6,13 +6,18 @@ process that never touches memory never loads an embedding model or ChromaDB. Op
 the store checks that its vectors are the configured embedder's: a collection whose
 vectors another backend of the same model made (int8 against torch's) is re-embedded in
 place once, one made by another model is refused with a clear message; scenes without
-line vectors (`memory.lines`: a collection from before them) get them then, once."""
+line vectors (`memory.lines`: a collection from before them) get them then, once: in
+the foreground by default (the CLI, benchmarks), or in a background thread when
+`fill_in_background` is set (the web app: a big collection would otherwise hold the
+first turn and the health check for minutes); until a scene has them it is ranked by
+its scene vector alone, and `health()` reports the progress."""
 
 from __future__ import annotations
 
 import logging
 import typing
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,9 +60,31 @@ class Retrieval:
     error: str | None = None  # memory unavailable: the turn goes on without it
 
 
+@dataclass
+class LineFill:
+    """Progress of making line vectors for scenes stored without them."""
+
+    total: int
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+    error: str | None = None
+    finished: bool = False
+
+    def as_dict(self) -> dict:
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
+        left = (self.total - self.done) / rate if rate and not self.finished else None
+        return {"scenes": self.total, "done": self.done, "finished": self.finished, "error": self.error,
+                "eta_s": round(left) if left is not None else None}
+
+
 class SceneMemory:
-    def __init__(self, config: MemoryConfig, home: Path, journal: Journal, embedder: Embedder | None = None):
+    def __init__(self, config: MemoryConfig, home: Path, journal: Journal, embedder: Embedder | None = None,
+                 fill_in_background: bool = False):
         self.config, self.home, self.journal = config, home, journal
+        self.fill_in_background = fill_in_background
+        self.line_fill: LineFill | None = None  # the last fill of missing line vectors, while and after it runs
+        self._fill_thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._embedder: Embedder | None = embedder
         self._store: SceneStore | None = None
@@ -92,12 +119,46 @@ class SceneMemory:
                 # Rows without line vectors (a collection from before them, or rows just
                 # repaired from Chroma) get them now, and their scenes the matching vector.
                 missing = store.lexical.ids_without_lines()
-                if missing:
-                    log.warning("making line vectors for %s scenes of collection '%s' (once)",
-                                len(missing), self.config.collection)
-                    store.reembed(partial(embed_scenes, embedder.encode), ids=missing)
+                # (A store reopened after a Chroma server failure may find a fill still running.)
+                if missing and not (self._fill_thread is not None and self._fill_thread.is_alive()):
+                    self.line_fill = LineFill(len(missing))
+                    if self.fill_in_background:
+                        self._fill_thread = threading.Thread(
+                            target=self._fill_lines, args=(store, embedder, missing), name="line-vectors", daemon=True)
+                        self._fill_thread.start()
+                    else:
+                        self._fill_lines(store, embedder, missing)
                 self._store = store
             return self._store
+
+    def _fill_lines(self, store: SceneStore, embedder: Embedder, ids: list[str]) -> None:
+        """Give `ids` their line vectors (and their scenes the matching vector), logging
+        progress every tenth or so. In the background a failure is recorded and logged,
+        not raised: the scenes keep working on their scene vectors, and the next start
+        tries again (the fill is idempotent)."""
+        fill = self.line_fill
+        where = "in the background" if self.fill_in_background else "now"
+        log.warning("making line vectors for %s scenes of collection '%s' %s (once; about a minute per 10,000 "
+                    "scenes on 2 cores)", len(ids), self.config.collection, where)
+        step = max(1, len(ids) // 10)
+
+        def progress(done: int) -> None:
+            if done // step != fill.done // step and done < len(ids):
+                log.warning("line vectors: %s of %s scenes", f"{done:,}", f"{len(ids):,}")
+            fill.done = done
+
+        try:
+            # Pages of 128: progress moves every second or so, and a stop loses little.
+            store.reembed(partial(embed_scenes, embedder.encode), page=128, ids=ids, progress=progress)
+        except Exception as exc:
+            fill.error = str(exc)
+            if not self.fill_in_background:
+                raise
+            log.warning("making line vectors stopped (tried again at the next start): %s", exc)
+            return
+        finally:
+            fill.finished = True
+        log.warning("line vectors made for %s scenes", f"{len(ids):,}")
 
     def _match_embedder(self, store: SceneStore, embedder: Embedder) -> None:
         """Make the collection's vectors this embedder's. A new or empty collection just
@@ -148,7 +209,10 @@ class SceneMemory:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-health")
         try:
             scenes = pool.submit(lambda: self.store.count()).result(timeout=timeout_s)
-            return {"reachable": True, "mode": mode, "scenes": scenes, "error": None}
+            out = {"reachable": True, "mode": mode, "scenes": scenes, "error": None}
+            if self.line_fill is not None:
+                out["line_vectors"] = self.line_fill.as_dict()
+            return out
         except FutureTimeout:
             return {"reachable": False, "mode": mode, "scenes": None, "error": f"no answer within {timeout_s:.0f} s"}
         except Exception as exc:  # noqa: BLE001 — any failure means "not reachable", said plainly

@@ -106,21 +106,25 @@ class SceneStore:
         others = {k: v for k, v in (self.collection.metadata or {}).items() if not k.startswith("embedder_")}
         self.collection.modify(metadata={**others, **identity})  # modify replaces the whole mapping
 
-    def reembed(self, embed, page: int = 512, ids: list[str] | None = None) -> int:
+    def reembed(self, embed, page: int = 512, ids: list[str] | None = None, progress=None) -> int:
         """Re-make the vectors of every scene (or of `ids`) from its text with
         `embed(texts, kinds) -> (scene vectors, packed line vectors)`, in pages: the scene
-        vectors into Chroma, the line vectors into the lexical rows. Ids, texts and
-        metadata stay. Idempotent: a run cut short is simply done again."""
+        vectors into Chroma, the line vectors into the lexical rows; `progress(done)`
+        after each page. Ids, texts and metadata stay. Idempotent: a run cut short is
+        simply done again. A scene deleted meanwhile (forgotten while this runs in the
+        background) stays deleted: Chroma's update skips ids it no longer has, and so
+        does the lexical UPDATE."""
         ids = sorted(self.all_ids()) if ids is None else list(ids)
         for i in range(0, len(ids), page):
             got = self.collection.get(ids=ids[i : i + page], include=["documents", "metadatas"])
-            if not got["ids"]:
-                continue
-            kinds = [(m or {}).get("source_kind", "") for m in got["metadatas"]]
-            vectors, lines = embed(got["documents"], kinds)
-            self.collection.update(ids=got["ids"], embeddings=vectors)
-            if self.lexical is not None:
-                self.lexical.set_lines(got["ids"], lines)
+            if got["ids"]:
+                kinds = [(m or {}).get("source_kind", "") for m in got["metadatas"]]
+                vectors, lines = embed(got["documents"], kinds)
+                self.collection.update(ids=got["ids"], embeddings=vectors)
+                if self.lexical is not None:
+                    self.lexical.set_lines(got["ids"], lines)
+            if progress is not None:
+                progress(min(i + page, len(ids)))
         return len(ids)
 
     def existing(self, ids: list[str]) -> set[str]:

@@ -15,6 +15,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -348,6 +349,71 @@ def test_a_line_is_found_by_its_own_meaning_and_old_rows_get_line_vectors(servic
     cos = (back * rows).sum(1) / np.linalg.norm(back, axis=1) / np.linalg.norm(rows, axis=1)
     assert back.shape == (5, 384) and cos.min() > 0.999
     assert unpack(pack(rows)[:-3]) is None and unpack(b"") is None and unpack(None) is None
+
+
+class GatedEmbedder:
+    """The real embedder, except that the background fill's first encode waits for `go`:
+    the test acts while the fill is known to be under way."""
+
+    def __init__(self, inner):
+        self.inner, self.go, self.waiting = inner, threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, texts, **kwargs):
+        if threading.current_thread().name == "line-vectors" and not self.go.is_set():
+            self.waiting.set()
+            assert self.go.wait(120)
+        return self.inner.encode(texts, **kwargs)
+
+
+def test_line_vectors_are_made_in_the_background_while_memory_works(service, caplog):
+    """The web app opens a store whose scenes lack line vectors at once and fills them in a
+    background thread: search and turns work meanwhile (on scene vectors), /health and the
+    Memory tab report the progress, a source forgotten during the fill stays forgotten,
+    and every other scene ends with its line vectors."""
+    import gradio as gr
+
+    from memory.service import SceneMemory
+    from webapp.ui import ChatUI, memory_tab
+
+    service.memory.import_paths([IMPORT / "diary.txt", IMPORT / "notes.md"])
+    old = service.memory.store
+    notes = set(old.ids_where({"source": str(IMPORT / "notes.md")}))
+    total = old.count()
+    assert notes and total > len(notes)
+    old.lexical.db.execute("UPDATE scenes SET lines = NULL")  # as a collection from before line vectors
+
+    caplog.set_level("WARNING", logger="memory.service")
+    gated = GatedEmbedder(service.memory.embedder)
+    memory = SceneMemory(service.settings.memory, service.settings.home, service.journal, embedder=gated,
+                         fill_in_background=True)
+    service.memory = memory
+    store = memory.store  # returns while the fill waits
+    assert gated.waiting.wait(60) and memory._fill_thread.is_alive()
+    health = memory.health()["line_vectors"]
+    assert health["scenes"] == total and health["done"] == 0 and not health["finished"], health
+    with gr.Blocks():  # the Memory tab's refresh, as opening the tab runs it
+        refresh, _, outputs = memory_tab(ChatUI(service))
+    rows, _, note = refresh()
+    assert len(outputs) == 3 and rows and "Upgrading memory: line vectors for 0 of" in note, note
+    assert "in the background" in caplog.text
+
+    assert any("river" in h.text for h in memory.search("walking by the river after work", k=3))
+    assert memory.retrieve("the ice on the river").hits  # scene vectors alone still rank
+    name, removed = memory.forget(str(IMPORT / "notes.md"))
+    assert removed == len(notes)
+
+    gated.go.set()
+    memory._fill_thread.join(120)
+    assert not memory._fill_thread.is_alive()
+    state = memory.line_fill.as_dict()
+    assert state == {"scenes": total, "done": total, "finished": True, "error": None, "eta_s": None}, state
+    assert ChatUI(service).memory_note() == ""
+    assert not notes & store.all_ids() and not notes & store.lexical.all_ids()  # forgotten stays forgotten
+    assert store.lexical.ids_without_lines() == [] and store.count() == total - len(notes)
+    assert "line vectors made for" in caplog.text
 
 
 def test_small_talk_pulls_in_nothing_from_unrelated_notes(service):

@@ -113,6 +113,9 @@ def build_server(settings: Settings, service=None):
 
     service = service or ChatService(settings)
     service.catch_up = True  # a long-lived app: personas are caught up while the user reads
+    # ...and scenes from before line vectors get them while the user chats, instead of
+    # holding the first turn (and /health) for minutes on a big collection.
+    service.memory.fill_in_background = True
     blocks = build_app(service)
     blocks.queue(default_concurrency_limit=4)
     quiet_queue(blocks)  # Gradio's queue polls every millisecond, even with nothing to do

@@ -382,6 +382,22 @@ class ChatUI:
             raise gr.Error(str(exc), print_exception=False) from None
         return [[name, row["kind"], row["scenes"]] for name, row in sorted(sources.items())]
 
+    def memory_note(self) -> str:
+        """What the Memory tab says about background work on the store: the line vectors
+        that scenes from before them get after an upgrade (memory.service)."""
+        fill = self.service.memory.line_fill
+        if fill is None:
+            return ""
+        state = fill.as_dict()
+        if state["error"]:
+            return (f"⚠️ Making line vectors stopped at {state['done']:,} of {state['scenes']:,} scenes "
+                    f"({state['error']}); it resumes at the next start.")
+        if state["finished"]:
+            return ""
+        eta = f", about {max(1, round(state['eta_s'] / 60))} min left" if state["eta_s"] is not None else ""
+        return (f"⏳ Upgrading memory: line vectors for {state['done']:,} of {state['scenes']:,} older scenes"
+                f"{eta}. Search and chat work meanwhile; those scenes are matched by their whole text until then.")
+
     def forget_source(self, source: str | None) -> str:
         if not source:
             raise gr.Error("Pick a source to forget.", print_exception=False)
@@ -544,6 +560,7 @@ def memory_tab(ui: ChatUI) -> tuple:
         go = gr.Button("Search", scale=1)
     results = gr.Dataframe(headers=["score", "source", "speaker", "scene"], interactive=False, wrap=True)
     gr.Markdown("#### Imported sources")
+    note = gr.Markdown(elem_id="memory-note")
     sources = gr.Dataframe(headers=["source", "kind", "scenes"], interactive=False, elem_id="sources")
     with gr.Row():
         pick = gr.Dropdown(label="Source to forget", choices=[], scale=4, elem_id="forget-source")
@@ -552,11 +569,12 @@ def memory_tab(ui: ChatUI) -> tuple:
 
     def refresh():
         rows = ui.source_rows()
-        return rows, gr.update(choices=[r[0] for r in rows], value=None)
+        return rows, gr.update(choices=[r[0] for r in rows], value=None), ui.memory_note()
 
     gr.on([query.submit, go.click], ui.search_memory, [query], [results], api_name="search")
-    forget.click(ui.forget_source, [pick], [outcome], api_name=False).then(refresh, None, [sources, pick], api_name=False)
-    return refresh, None, [sources, pick]
+    forget.click(ui.forget_source, [pick], [outcome], api_name=False).then(
+        refresh, None, [sources, pick, note], api_name=False)
+    return refresh, None, [sources, pick, note]
 
 
 def _agreement(ev: dict) -> str:
