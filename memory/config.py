@@ -33,8 +33,8 @@ class MemoryConfig:
     top_k: int = 12  # most notes a turn gets
     min_score: float = 0.25  # cosine similarity below which a scene is not relevant (MiniLM scale)
     lexical_gate: float = 0.5  # ...unless it holds this share of the query's BM25 word weight
-    # Budget for retrieved notes in the prompt: 600 buys ~40% more evidence than 300 for
-    # ~1 s more time to first token on 2 cores (alterego bench --only recall).
+    # Budget for retrieved notes in the prompt: 600 buys ~25% more evidence than 300 for
+    # ~0.5 s more time to first token on 2 cores (alterego bench --only recall).
     context_tokens: int = 600
     # Lines of context a passage keeps before/after its best line: 3 found the evidence
     # for 0.290 of a tuning person's questions at 600 tokens against 0.253 with 1
