@@ -25,6 +25,7 @@ Writes $ALTEREGO_HOME/bench/recall.json.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -54,59 +55,95 @@ def hybrid_config(base, budget: int):
     return dataclasses.replace(base, retrieval="hybrid", context_tokens=budget, top_k=top_k)
 
 
-def _run(ws: Workspace, quick: bool) -> dict:
-    from bench.chitchat import TEST_SENDER, build, fixed_windows
-    from memory.journal import Journal
-    from memory.retrieval import HybridRetriever, dense_for_turn
+@dataclasses.dataclass
+class Prepared:
+    """A person's chats in memory, their fixed windows beside them, and the questions."""
+    memory: object  # memory.service.SceneMemory
+    windows: object  # memory.store.SceneStore of the fixed windows
+    questions: list
+    vectors: object  # the questions' embeddings, in order
+    files: int
+    scenes: int
+    window_count: int
+    import_s: float
+
+
+def prepare(corpus, settings, journal, embedder, progress: Progress = no_progress, reuse: bool = False) -> Prepared:
+    """Import `corpus` through the real importer into `settings.home`, embed its fixed
+    windows of 4 messages into a collection of their own, and keep the questions whose
+    evidence survived import. `reuse`: a home prepared before for the same corpus is
+    opened as it is (tuning runs repeat on one person)."""
+    from bench.chitchat import fixed_windows
     from memory.service import SceneMemory
-    from webapp.chat import ChatService
+    from memory.store import SceneStore
 
-    budgets = QUICK_BUDGETS if quick else BUDGETS
-    ws.progress("recall: building the chat history and its questions")
-    corpus = build(TEST_SENDER, conversations=30 if quick else None, questions=60 if quick else 400)
-    settings = ws.settings("recall")
+    memory = SceneMemory(settings.memory, settings.home, journal, embedder=embedder)
+    # Chroma alone, beside the scenes: a SceneMemory would give the windows line vectors
+    # on reopening, and with them its own kind of window vector (the mean of the lines').
+    wstore = SceneStore(settings.home / "chroma", settings.memory.chroma_url, "windows")
+    marker = settings.home / "prepared.json"
+    key = {"messages": len(corpus.messages), "questions": [q.text for q in corpus.questions]}
     files = corpus.write(settings.home / "exports")
-    journal = Journal(settings.journal_path)
-    memory = SceneMemory(settings.memory, settings.home, journal, embedder=ws.embedder)
-    embedder = ws.embedder
-
-    ws.progress(f"recall: importing {len(files)} chats, {len(corpus.messages):,} messages")
-    t0 = time.perf_counter()
-    summary = memory.import_paths(files, me=[corpus.me]).as_dict()
-    import_s = time.perf_counter() - t0
-    store = memory.store
-
-    ws.progress("recall: embedding fixed windows of 4 messages")
     windows = fixed_windows(corpus, 4)
-    wstore = SceneMemory(dataclasses.replace(settings.memory, collection="windows"), settings.home, journal,
-                         embedder=embedder).store
-    texts = [t for _, t in windows]
-    vecs = embedder.encode(texts)
-    wstore.add([f"w{i}" for i in range(len(windows))], vecs, texts,
-               [{"source": f, "source_kind": "whatsapp", "position": i} for i, (f, _) in enumerate(windows)])
-
+    import_s = 0.0
+    if not (reuse and marker.exists() and json.loads(marker.read_text(encoding="utf-8")) == key):
+        progress(f"recall: importing {len(files)} chats, {len(corpus.messages):,} messages")
+        t0 = time.perf_counter()
+        memory.import_paths(files, me=[corpus.me])
+        import_s = time.perf_counter() - t0
+        progress("recall: embedding fixed windows of 4 messages")
+        texts = [t for _, t in windows]
+        wstore.add([f"w{i}" for i in range(len(windows))], embedder.encode(texts), texts,
+                          [{"source": f, "source_kind": "whatsapp", "position": i} for i, (f, _) in enumerate(windows)])
+        marker.write_text(json.dumps(key), encoding="utf-8")
+    store = memory.store
     # A question counts only if its evidence survived import (a message the importer
     # reads as a media placeholder does not): the same questions for all three.
     docs = "\n".join(norm(d) for d in store.collection.get(include=["documents"])["documents"])
     questions = [q for q in corpus.questions if norm(q.evidence) in docs]
-    qvecs = embedder.encode([q.text for q in questions])
+    return Prepared(memory, wstore, questions, embedder.encode([q.text for q in questions]), len(files),
+                    store.count(), len(windows), import_s)
+
+
+def recall_at(prep: Prepared, config, budget: int, timings: list | None = None) -> dict[str, float]:
+    """The three recalls at `budget` tokens; `config`: the memory settings hybrid uses;
+    `timings`: gets each hybrid retrieval's milliseconds."""
+    from memory.retrieval import HybridRetriever, dense_for_turn
+
+    store = prep.memory.store
+    dense_cfg = dense_config(config, budget)
+    hybrid = HybridRetriever(store, hybrid_config(config, budget))
+    hits = {"dense_scenes": 0, "fixed_windows": 0, "hybrid": 0}
+    for q, v in zip(prep.questions, prep.vectors):
+        hits["dense_scenes"] += found(q.evidence, dense_for_turn(store, v, dense_cfg))
+        hits["fixed_windows"] += found(q.evidence, dense_for_turn(prep.windows, v, dense_cfg))
+        t = time.perf_counter()
+        got = hybrid.for_turn(v, q.text)
+        if timings is not None:
+            timings.append((time.perf_counter() - t) * 1000)
+        hits["hybrid"] += found(q.evidence, got)
+    return {k: round(n / len(prep.questions), 4) for k, n in hits.items()}
+
+
+def _run(ws: Workspace, quick: bool) -> dict:
+    from bench.chitchat import person
+    from memory.journal import Journal
+    from webapp.chat import ChatService
+
+    budgets = QUICK_BUDGETS if quick else BUDGETS
+    ws.progress("recall: building the chat history and its questions")
+    corpus = person("test", conversations=30 if quick else None, questions=60 if quick else 400)
+    settings = ws.settings("recall")
+    journal = Journal(settings.journal_path)
+    prep = prepare(corpus, settings, journal, ws.embedder, ws.progress)
+    memory, questions = prep.memory, prep.questions
 
     base = settings.memory
     recall: dict[int, dict[str, float]] = {}
     retrieval_ms: list[float] = []
     for budget in budgets:
         ws.progress(f"recall: {len(questions)} questions at {budget} tokens")
-        dense_cfg = dense_config(base, budget)
-        hybrid = HybridRetriever(store, hybrid_config(base, budget))
-        hits = {"dense_scenes": 0, "fixed_windows": 0, "hybrid": 0}
-        for q, v in zip(questions, qvecs):
-            hits["dense_scenes"] += found(q.evidence, dense_for_turn(store, v, dense_cfg))
-            hits["fixed_windows"] += found(q.evidence, dense_for_turn(wstore, v, dense_cfg))
-            t = time.perf_counter()
-            got = hybrid.for_turn(v, q.text)
-            retrieval_ms.append((time.perf_counter() - t) * 1000)
-            hits["hybrid"] += found(q.evidence, got)
-        recall[budget] = {k: round(n / len(questions), 4) for k, n in hits.items()}
+        recall[budget] = recall_at(prep, base, budget, retrieval_ms)
 
     ws.progress("recall: chat turns at each budget (time to first token)")
     write_fixed_personas(settings.home / "personas", 8)
@@ -152,8 +189,8 @@ def _run(ws: Workspace, quick: bool) -> dict:
                 label=f"{budget} tokens", baseline_label=f"{budgets[0]} tokens")
     details = {
         "dataset": "chitchat-dataset (BYU PCC Chit-Chat Challenge, MIT), one person's chats as WhatsApp exports",
-        "person": "TEST", "chats": len(files), "messages": len(corpus.messages),
-        "scenes": summary["scenes_added"], "windows": len(windows), "import_s": round(import_s, 1),
+        "person": "TEST", "chats": prep.files, "messages": len(corpus.messages),
+        "scenes": prep.scenes, "windows": prep.window_count, "import_s": round(prep.import_s, 1),
         "questions": len(questions), "questions_made": len(corpus.questions),
         "recall": {str(b): v for b, v in recall.items()},
         "ttft": {str(b): v for b, v in ttft.items()},

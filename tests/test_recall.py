@@ -446,3 +446,42 @@ def test_recall_questions_are_held_out_and_their_evidence_is_kept():
     windows = fixed_windows(corpus)
     assert all(len(text.splitlines()) <= 4 for _, text in windows)
     assert sum(len(text.splitlines()) for _, text in windows) == len(corpus.messages)
+
+
+def test_tuning_people_share_nothing_with_test_and_tune_reuses_its_import(tmp_path, monkeypatch):
+    from bench.chitchat import PEOPLE, person
+    from bench.common import Workspace
+    from bench.tune import overrides, tune
+
+    test_convs = {q.conversation for q in person("test").questions}
+    for name in ("dev", "dev2"):
+        assert not {q.conversation for q in person(name).questions} & test_convs
+    with pytest.raises(ValueError, match="unknown person"):
+        person("nobody")
+    assert set(PEOPLE) == {"test", "dev", "dev2"}
+
+    monkeypatch.setenv("ALTEREGO_HOME", str(tmp_path))
+    ws = Workspace(tmp_path)
+    try:
+        with pytest.raises(SystemExit, match="TEST is reported"):
+            tune(ws, "test", [300], [{}])
+        variants = [{}, overrides(["passage_before=0", "passage_after=0"], ws.base.memory)]
+        assert variants[1] == {"passage_before": 0, "passage_after": 0}
+        with pytest.raises(SystemExit, match="memory's settings"):
+            overrides(["passage_width=3"], ws.base.memory)
+        first = tune(ws, "dev", [300], variants, conversations=12, questions=12)
+        again = tune(ws, "dev", [300], variants, conversations=12, questions=12)
+    finally:
+        ws.close()
+    assert first["import_s"] > 0 and again["import_s"] == 0  # the second run opens the kept import
+    assert first["questions"] >= 8 and first["scenes"] == again["scenes"] > 0
+    assert [r["settings"] for r in first["rows"]] == variants
+    for a, b in zip(first["rows"], again["rows"]):  # the same recall from the reopened store, give or
+        # take one question: Chroma's approximate search may order near-ties differently after a reload
+        assert a["settings"] == b["settings"]
+        assert abs(a["hybrid"] - b["hybrid"]) <= 1 / first["questions"] + 1e-9
+        assert abs(a["fixed_windows"] - b["fixed_windows"]) <= 1 / first["questions"] + 1e-9
+    for row in first["rows"]:
+        assert 0 <= row["hybrid"] <= 1 and 0 < row["fixed_windows"] <= 1
+    assert first["rows"][0]["hybrid"] > 0  # the configured retrieval finds some evidence even here
+    assert (tmp_path / "bench" / "tune-dev" / "prepared.json").exists()
