@@ -10,15 +10,19 @@ line vectors (`memory.lines`: a collection from before them) get them then, once
 the foreground by default (the CLI, benchmarks), or in a background thread when
 `fill_in_background` is set (the web app: a big collection would otherwise hold the
 first turn and the health check for minutes); until a scene has them it is ranked by
-its scene vector alone, and `health()` reports the progress."""
+its scene vector alone, and `health()` reports the progress. A background fill gives
+way to chat: while a turn runs (`turn()`, which `ChatService` holds from retrieval to
+the last token) it waits before its next page, so it never slows a reply for more than
+one page's encode."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import typing
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,6 +43,10 @@ if typing.TYPE_CHECKING:  # the ingest chain (importers, ftfy, ijson) loads on f
     from .ingest import ImportSummary, Ingestor, Progress
 
 log = logging.getLogger(__name__)
+
+# The longest a background fill waits for chat turns to end before its next page: a
+# turn abandoned without being closed must not stop the fill for good.
+TURN_WAIT_S = 120.0
 
 
 class UnknownSourceError(MemoryUserError):
@@ -69,13 +77,15 @@ class LineFill:
     started: float = field(default_factory=time.monotonic)
     error: str | None = None
     finished: bool = False
+    paused: bool = False  # waiting for a chat turn to end
+    waited: float = 0.0  # seconds spent paused, left out of the rate
 
     def as_dict(self) -> dict:
-        elapsed = time.monotonic() - self.started
+        elapsed = time.monotonic() - self.started - self.waited
         rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
         left = (self.total - self.done) / rate if rate and not self.finished else None
         return {"scenes": self.total, "done": self.done, "finished": self.finished, "error": self.error,
-                "eta_s": round(left) if left is not None else None}
+                "paused": self.paused, "eta_s": round(left) if left is not None else None}
 
 
 class SceneMemory:
@@ -90,6 +100,8 @@ class SceneMemory:
         self._store: SceneStore | None = None
         self._ingestor: Ingestor | None = None
         self._hybrid: HybridRetriever | None = None
+        self._turns = 0  # chat turns running now (`turn()`)
+        self._quiet = threading.Condition()
 
     @property
     def embedder(self) -> Embedder:
@@ -147,9 +159,15 @@ class SceneMemory:
                 log.warning("line vectors: %s of %s scenes", f"{done:,}", f"{len(ids):,}")
             fill.done = done
 
+        def embed(texts: list[str], kinds: list[str]):
+            if self.fill_in_background:
+                self._wait_for_quiet(fill)
+            return embed_scenes(embedder.encode, texts, kinds)
+
         try:
-            # Pages of 128: progress moves every second or so, and a stop loses little.
-            store.reembed(partial(embed_scenes, embedder.encode), page=128, ids=ids, progress=progress)
+            # Pages of 128: progress moves every second or so, a stop loses little, and a
+            # chat turn that starts mid-page waits for at most one page (about a second).
+            store.reembed(embed, page=128, ids=ids, progress=progress)
         except Exception as exc:
             fill.error = str(exc)
             if not self.fill_in_background:
@@ -159,6 +177,29 @@ class SceneMemory:
         finally:
             fill.finished = True
         log.warning("line vectors made for %s scenes", f"{len(ids):,}")
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """Hold while a chat turn runs: background work on the store waits for it."""
+        with self._quiet:
+            self._turns += 1
+        try:
+            yield
+        finally:
+            with self._quiet:
+                self._turns -= 1
+                self._quiet.notify_all()
+
+    def _wait_for_quiet(self, fill: LineFill) -> None:
+        """Wait (at most TURN_WAIT_S) until no chat turn runs."""
+        with self._quiet:
+            if not self._turns:
+                return
+            fill.paused = True
+            start = time.monotonic()
+            self._quiet.wait_for(lambda: not self._turns, timeout=TURN_WAIT_S)
+            fill.waited += time.monotonic() - start
+            fill.paused = False
 
     def _match_embedder(self, store: SceneStore, embedder: Embedder) -> None:
         """Make the collection's vectors this embedder's. A new or empty collection just

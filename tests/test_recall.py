@@ -396,8 +396,9 @@ def test_line_vectors_are_made_in_the_background_while_memory_works(service, cap
     assert health["scenes"] == total and health["done"] == 0 and not health["finished"], health
     with gr.Blocks():  # the Memory tab's refresh, as opening the tab runs it
         refresh, _, outputs = memory_tab(ChatUI(service))
-    rows, _, note = refresh()
-    assert len(outputs) == 3 and rows and "Upgrading memory: line vectors for 0 of" in note, note
+    rows, _, note, ticker = refresh()
+    assert len(outputs) == 4 and rows and "Upgrading memory: line vectors for 0 of" in note, note
+    assert ticker.active  # the note follows the fill while the tab is open
     assert "in the background" in caplog.text
 
     assert any("river" in h.text for h in memory.search("walking by the river after work", k=3))
@@ -409,11 +410,48 @@ def test_line_vectors_are_made_in_the_background_while_memory_works(service, cap
     memory._fill_thread.join(120)
     assert not memory._fill_thread.is_alive()
     state = memory.line_fill.as_dict()
-    assert state == {"scenes": total, "done": total, "finished": True, "error": None, "eta_s": None}, state
-    assert ChatUI(service).memory_note() == ""
+    assert state == {"scenes": total, "done": total, "finished": True, "error": None, "paused": False,
+                     "eta_s": None}, state
+    assert ChatUI(service).memory_note() == "" and not ChatUI(service).memory_busy()
+    assert not refresh()[3].active  # done: the tab's timer stops
     assert not notes & store.all_ids() and not notes & store.lexical.all_ids()  # forgotten stays forgotten
     assert store.lexical.ids_without_lines() == [] and store.count() == total - len(notes)
     assert "line vectors made for" in caplog.text
+
+
+def test_background_line_vectors_wait_while_a_reply_is_written(service):
+    """A chat turn holds the background fill between pages: it starts no page while the
+    reply streams, says so on /health and in the Memory tab, and goes on after the turn."""
+    from memory.service import SceneMemory
+    from webapp.ui import ChatUI
+
+    service.memory.import_paths([IMPORT / "diary.txt", IMPORT / "notes.md"])
+    service.memory.store.lexical.db.execute("UPDATE scenes SET lines = NULL")
+    total = service.memory.store.count()
+    memory = SceneMemory(service.settings.memory, service.settings.home, service.journal,
+                         embedder=service.memory.embedder, fill_in_background=True)
+    service.memory = memory
+    stream = service.stream_turn("Tell me about the river in winter.")
+    first = next(stream)  # the turn is under way; its retrieval opened the store and started the fill
+    assert not first.done and memory._fill_thread is not None
+    deadline = time.monotonic() + 30
+    while not memory.line_fill.paused and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state = memory.health()["line_vectors"]
+    assert state["paused"] and state["done"] == 0 and memory._fill_thread.is_alive(), state
+    assert "paused while a reply is written" in ChatUI(service).memory_note()
+    time.sleep(0.5)
+    assert memory.line_fill.done == 0  # still holding: no page while the reply streams
+    last = list(stream)[-1]
+    assert last.done and last.reply
+    memory._fill_thread.join(120)
+    state = memory.line_fill.as_dict()
+    assert state["finished"] and state["done"] == total and not state["paused"] and state["error"] is None, state
+    assert memory._turns == 0
+    # A turn that ends in an error lets go as well.
+    with pytest.raises(RuntimeError), memory.turn():
+        raise RuntimeError("boom")
+    assert memory._turns == 0
 
 
 def test_small_talk_pulls_in_nothing_from_unrelated_notes(service):

@@ -307,7 +307,12 @@ class ChatService:
     ) -> Iterator[TurnUpdate]:
         """Run one turn, yielding the growing reply. Raises typed user errors before
         anything is stored for bad input; once the message is journaled, a failure in
-        generation is recorded on the turn (status `error`) and re-raised."""
+        generation is recorded on the turn (status `error`) and re-raised. Background
+        work on memory (making line vectors after an upgrade) waits while it runs."""
+        with self.memory.turn():
+            yield from self._turn(message, persona, conversation_id)
+
+    def _turn(self, message: str, persona: str, conversation_id: int | None) -> Iterator[TurnUpdate]:
         started = time.perf_counter()
         text = self.validate(message)
         auto = (persona or "").strip().lower() == AUTO

@@ -395,8 +395,15 @@ class ChatUI:
         if state["finished"]:
             return ""
         eta = f", about {max(1, round(state['eta_s'] / 60))} min left" if state["eta_s"] is not None else ""
+        pause = " (paused while a reply is written)" if state["paused"] else ""
         return (f"⏳ Upgrading memory: line vectors for {state['done']:,} of {state['scenes']:,} older scenes"
-                f"{eta}. Search and chat work meanwhile; those scenes are matched by their whole text until then.")
+                f"{eta}{pause}. Search and chat work meanwhile; those scenes are matched by their whole text "
+                f"until then.")
+
+    def memory_busy(self) -> bool:
+        """Whether background work on the store (the line-vector fill) is still running."""
+        fill = self.service.memory.line_fill
+        return fill is not None and not fill.finished
 
     def forget_source(self, source: str | None) -> str:
         if not source:
@@ -439,10 +446,15 @@ def build_app(service: ChatService):
         with gr.Tab("Settings", id="settings-tab") as settings:
             refresh_settings = settings_tab(ui)
         settings.select(*refresh_settings, api_name=False)
-        # The Tuning tab's live view polls only while that tab is open.
+        # The Tuning tab's live view polls only while that tab is open, and so does the
+        # Memory tab's note on background work (whose timer is refresh_memory's last output).
+        memory_timer = refresh_memory[2][-1]
         tuning.select(lambda: gr.Timer(active=True), None, [timer], api_name=False, show_progress="hidden")
         for other in (chat, importing, memory, settings):
             other.select(lambda: gr.Timer(active=False), None, [timer], api_name=False, show_progress="hidden")
+        for other in (chat, importing, tuning, settings):
+            other.select(lambda: gr.Timer(active=False), None, [memory_timer], api_name=False,
+                         show_progress="hidden")
     return app
 
 
@@ -567,14 +579,23 @@ def memory_tab(ui: ChatUI) -> tuple:
         forget = gr.Button("Forget source", variant="stop", scale=1)
     outcome = gr.Markdown()
 
+    # Ticks only while background work on the store runs and this tab is open (build_app
+    # stops it on other tabs): the note follows the work without keeping an idle app busy.
+    ticker = gr.Timer(5.0, active=False)
+
     def refresh():
         rows = ui.source_rows()
-        return rows, gr.update(choices=[r[0] for r in rows], value=None), ui.memory_note()
+        return (rows, gr.update(choices=[r[0] for r in rows], value=None), ui.memory_note(),
+                gr.Timer(active=ui.memory_busy()))
 
+    def tick():
+        return ui.memory_note(), gr.Timer(active=ui.memory_busy())
+
+    ticker.tick(tick, None, [note, ticker], api_name=False, show_progress="hidden")
     gr.on([query.submit, go.click], ui.search_memory, [query], [results], api_name="search")
     forget.click(ui.forget_source, [pick], [outcome], api_name=False).then(
-        refresh, None, [sources, pick, note], api_name=False)
-    return refresh, None, [sources, pick, note]
+        refresh, None, [sources, pick, note, ticker], api_name=False)
+    return refresh, None, [sources, pick, note, ticker]
 
 
 def _agreement(ev: dict) -> str:
