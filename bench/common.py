@@ -5,7 +5,7 @@ the report of one suite run alone (`python -m bench.<suite>`: JSON under
 
 A run never touches the user's data: every suite gets its own scratch data root under
 `$ALTEREGO_HOME/bench/` (journal, Chroma, adapters, persona overrides), deleted at the
-end. What the suites share is what is expensive and stateless between them: one loaded
+end, or by the next run when this one was killed before it could. What the suites share is what is expensive and stateless between them: one loaded
 chat model and one embedder. The only thing kept under the real data root is the cached
 HF-format training base (`hf_base/`), the same cache `alterego train` uses."""
 
@@ -93,6 +93,27 @@ def write_fixed_personas(folder: Path, max_tokens: int, repeat_penalty: float = 
     return folder
 
 
+def sweep_dead_roots(folder: Path) -> list[Path]:
+    """Remove the scratch roots (`work-<pid>-*`) of runs whose process is gone: a run
+    killed outright (SIGKILL, a closed terminal) never reached its own cleanup, and its
+    imported corpora and adapters would otherwise stay on disk for good."""
+    removed = []
+    for root in folder.glob("work-*"):
+        pid = root.name.split("-")[1] if root.name.count("-") >= 2 else ""
+        if not pid.isdigit():
+            continue  # a root from before roots were named by pid: whose it is, is unknown
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (or another user's: not ours to remove)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(root, ignore_errors=True)
+        removed.append(root)
+    return removed
+
+
 class Workspace:
     """Scratch data roots for the suites of one run, plus the model and embedder they
     share (loaded on first use). `cache` passes data between suites (the ingest suite's
@@ -104,7 +125,8 @@ class Workspace:
         self.home = Path(home)
         self.out = self.home / "bench"
         self.out.mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix="work-", dir=self.out))
+        sweep_dead_roots(self.out)
+        self.root = Path(tempfile.mkdtemp(prefix=f"work-{os.getpid()}-", dir=self.out))
         self.progress = progress
         # The user's config (model path, threads) applies; their data does not.
         self.base = load_settings(home=self.home)

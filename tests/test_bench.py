@@ -7,6 +7,8 @@ exist, are numbers and are consistent with each other."""
 import json
 import math
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +96,33 @@ def test_unknown_suite_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert "warp" in proc.stderr and "chat, personas, ingest" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "bench" / "report.json").exists()
+
+
+def test_a_killed_runs_scratch_root_is_swept_by_the_next_run(tmp_path):
+    """A bench killed with SIGKILL never cleans up; the next run removes its scratch root
+    (imported corpora can be gigabytes), and never a live run's."""
+    import signal
+
+    from bench.common import Workspace
+
+    code = ("import sys, time; sys.path.insert(0, '.'); from bench.common import Workspace; "
+            f"ws = Workspace({str(tmp_path)!r}); (ws.root / 'corpus').write_text('x'); "
+            "print(ws.root, flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=cli_env(tmp_path), stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        dead = Path(proc.stdout.readline().strip())
+        assert (dead / "corpus").exists() and dead.name.startswith(f"work-{proc.pid}-")
+        live = Workspace(tmp_path)  # the other run is alive: its root stays
+        assert dead.exists()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        assert dead.exists()  # killed: nothing of its own cleaned up
+        again = Workspace(tmp_path)
+        assert not dead.exists() and live.root.exists() and again.root.exists()
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    live.close()
+    again.close()
+    assert not live.root.exists() and not again.root.exists()
