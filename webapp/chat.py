@@ -14,12 +14,15 @@ history no longer fits the context window are the oldest turns dropped (and the 
 changes). A persona switch needs the conversation read again under the new persona:
 `prepare` does that when a persona is picked, before the message, and in the app the
 previous persona is caught up in the background after each turn, so a switch costs the
-reply little. If memory is unavailable, the turn goes on without it and says so. The base
+reply little. Background work on memory (line vectors after an upgrade) waits while a
+turn or a requested prefill runs. If memory is unavailable, the turn goes on without it
+and says so. The base
 model can be switched at run time (`use_model`); adapters follow its fingerprint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -434,8 +437,11 @@ class ChatService:
         # The turn will keep the same history unless its own notes and message push the
         # oldest turns out; then it reuses what matches and evaluates the rest itself.
         script.history = self._fit_history(prior, self._prompt_tokens(render(script, fmt)))
-        return engine.prefill(render_prefix(script, fmt), adapter=chosen.name, session=conversation_id,
-                              yield_to_turns=yield_to_turns)
+        # A prefill the user asked for (a persona picked) is the next turn's head start:
+        # background work on memory waits for it, as for a turn; a catch-up does not hold it.
+        with contextlib.nullcontext() if yield_to_turns else self.memory.turn():
+            return engine.prefill(render_prefix(script, fmt), adapter=chosen.name, session=conversation_id,
+                                  yield_to_turns=yield_to_turns)
 
     def _start_catch_up(self, conversation_id: int, persona: str, prior: list[Turn]) -> None:
         """After a turn, bring the conversation's previous persona up to date in the
