@@ -566,7 +566,9 @@ def import_tab(ui: ChatUI) -> None:
 
 
 def memory_tab(ui: ChatUI) -> tuple:
-    """Search and forget; returns the (fn, inputs, outputs) that refresh the source list."""
+    """Search and forget; returns the (fn, inputs, outputs) that refresh the source list,
+    the note on background work and its timer (the last output: build_app stops it when
+    another tab opens)."""
     with gr.Row():
         query = gr.Textbox(label="Search your memory", scale=4, elem_id="memory-query")
         go = gr.Button("Search", scale=1)
