@@ -5,8 +5,8 @@ the report of one suite run alone (`python -m bench.<suite>`: JSON under
 
 A run never touches the user's data: every suite gets its own scratch data root under
 `$ALTEREGO_HOME/bench/` (journal, Chroma, adapters, persona overrides), deleted at the
-end, or by the next run when this one was killed before it could. What the suites share is what is expensive and stateless between them: one loaded
-chat model and one embedder. The only thing kept under the real data root is the cached
+end, or by the next run when this one was killed before it could. What the suites share
+is what is expensive and stateless between them: one loaded chat model and one embedder. The only thing kept under the real data root is the cached
 HF-format training base (`hf_base/`), the same cache `alterego train` uses."""
 
 from __future__ import annotations
@@ -93,23 +93,29 @@ def write_fixed_personas(folder: Path, max_tokens: int, repeat_penalty: float = 
     return folder
 
 
+ROOT_LOCK = ".owner.lock"
+
+
 def sweep_dead_roots(folder: Path) -> list[Path]:
-    """Remove the scratch roots (`work-<pid>-*`) of runs whose process is gone: a run
-    killed outright (SIGKILL, a closed terminal) never reached its own cleanup, and its
-    imported corpora and adapters would otherwise stay on disk for good."""
+    """Remove the scratch roots (`work-<pid>-*`) of runs that are gone: a run killed
+    outright (SIGKILL, a closed terminal) never reached its own cleanup, and its imported
+    corpora and adapters would otherwise stay on disk for good. A live run holds the
+    `flock` on its root's ROOT_LOCK (memory.recovery.claim: a pid cannot tell a run in a
+    restarted container, or in another pid namespace, from a dead one; the lock can)."""
+    from memory.recovery import claim
+
     removed = []
     for root in folder.glob("work-*"):
-        pid = root.name.split("-")[1] if root.name.count("-") >= 2 else ""
-        if not pid.isdigit():
-            continue  # a root from before roots were named by pid: whose it is, is unknown
+        lock = root / ROOT_LOCK
+        if not lock.exists():
+            continue  # a root being made this instant, or from before the lock: not ours to judge
+        fd = claim(lock)
+        if fd is None:
+            continue  # its run is alive
         try:
-            os.kill(int(pid), 0)
-            continue  # still running (or another user's: not ours to remove)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
+        finally:
+            os.close(fd)
         removed.append(root)
     return removed
 
@@ -120,6 +126,7 @@ class Workspace:
     embedded scenes are the retrieval suite's corpus)."""
 
     def __init__(self, home: Path, progress: Progress = no_progress):
+        from memory.recovery import claim
         from webapp.settings import load_settings
 
         self.home = Path(home)
@@ -127,6 +134,7 @@ class Workspace:
         self.out.mkdir(parents=True, exist_ok=True)
         sweep_dead_roots(self.out)
         self.root = Path(tempfile.mkdtemp(prefix=f"work-{os.getpid()}-", dir=self.out))
+        self._owner = claim(self.root / ROOT_LOCK)  # held until close(): this root is in use
         self.progress = progress
         # The user's config (model path, threads) applies; their data does not.
         self.base = load_settings(home=self.home)
@@ -199,6 +207,9 @@ class Workspace:
             self._engine.llm.close()
             self._engine = None
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._owner is not None:
+            os.close(self._owner)
+            self._owner = None
 
 
 def run_suite(run: Callable, home: Path, quick: bool, progress: Progress, workspace: Workspace | None) -> dict:

@@ -49,18 +49,26 @@ class ImportLock:
             self._fd = None
 
 
-def _owner_alive(journal: Journal, import_id: int) -> tuple[bool, int | None]:
-    """(alive, fd): alive when another open file description holds the lock; otherwise
-    the lock is now ours, on fd, until the caller closes it."""
-    path = lock_path(journal, import_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def claim(path: Path) -> int | None:
+    """Take the exclusive `flock` on `path` (created if missing) without waiting: the fd
+    that now holds it (until closed), or None when another open file description holds
+    it, i.e. its owner is alive. Benchmarks' scratch roots use it too (bench.common)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        return True, None
-    return False, fd
+        return None
+    return fd
+
+
+def _owner_alive(journal: Journal, import_id: int) -> tuple[bool, int | None]:
+    """(alive, fd): alive when another open file description holds the lock; otherwise
+    the lock is now ours, on fd, until the caller closes it."""
+    path = lock_path(journal, import_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = claim(path)
+    return fd is None, fd
 
 
 def rollback_dead_imports(journal: Journal, store) -> list[int]:
