@@ -94,7 +94,7 @@ def prepare(corpus, settings, journal, embedder, progress: Progress = no_progres
         progress("recall: embedding fixed windows of 4 messages")
         texts = [t for _, t in windows]
         wstore.add([f"w{i}" for i in range(len(windows))], embedder.encode(texts), texts,
-                          [{"source": f, "source_kind": "whatsapp", "position": i} for i, (f, _) in enumerate(windows)])
+                   [{"source": f, "source_kind": "whatsapp", "position": i} for i, (f, _) in enumerate(windows)])
         marker.write_text(json.dumps(key), encoding="utf-8")
     store = memory.store
     # A question counts only if its evidence survived import (a message the importer

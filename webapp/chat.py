@@ -16,8 +16,8 @@ changes). A persona switch needs the conversation read again under the new perso
 previous persona is caught up in the background after each turn, so a switch costs the
 reply little. Background work on memory (line vectors after an upgrade) waits while a
 turn or a requested prefill runs. If memory is unavailable, the turn goes on without it
-and says so. The base
-model can be switched at run time (`use_model`); adapters follow its fingerprint.
+and says so. The base model can be switched at run time (`use_model`); adapters follow
+its fingerprint.
 """
 
 from __future__ import annotations
