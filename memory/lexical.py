@@ -172,6 +172,14 @@ class LexicalIndex:
         """Store packed line vectors for existing rows (BM25 is untouched: no new generation)."""
         self._write("UPDATE scenes SET lines = ? WHERE id = ?", list(zip(lines, ids)), bump=False)
 
+    def clear_lines(self) -> int:
+        """Drop every row's line vectors (another embedder's: they are made again, as
+        for rows from before them); returns how many rows had some."""
+        with self._lock:
+            had = self.db.execute("SELECT COUNT(*) FROM scenes WHERE lines IS NOT NULL").fetchone()[0]
+        self._write("UPDATE scenes SET lines = NULL WHERE lines IS NOT NULL", [()], bump=False)
+        return had
+
     # -- reads --------------------------------------------------------------------------
     def ids_without_lines(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT id FROM scenes WHERE lines IS NULL ORDER BY rowid")]

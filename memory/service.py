@@ -3,14 +3,15 @@ files, search, forget a source, and retrieve the scenes that matter for a chat t
 It composes the embedder, the Chroma store (with its BM25 index under
 `<data root>/lexical`), the hybrid retriever and the journal, opening each lazily so a
 process that never touches memory never loads an embedding model or ChromaDB. Opening
-the store checks that its vectors are the configured embedder's: a collection whose
-vectors another backend of the same model made (int8 against torch's) is re-embedded in
-place once, one made by another model is refused with a clear message; scenes without
-line vectors (`memory.lines`: a collection from before them) get them then, once: in
-the foreground by default (the CLI, benchmarks), or in a background thread when
-`fill_in_background` is set (the web app: a big collection would otherwise hold the
-first turn and the health check for minutes); until a scene has them it is ranked by
-its scene vector alone, and `health()` reports the progress. A background fill gives
+the store checks that its vectors are the configured embedder's: one made by another
+model is refused with a clear message; one whose vectors another backend of the same
+model made (int8 against torch's) loses its line vectors, so that the fill below
+re-embeds every scene, once. Scenes without line vectors (`memory.lines`: a collection
+from before them, or one being re-embedded) get them then, and their scene vector with
+them: in the foreground by default (the CLI, benchmarks), or in a background thread
+when `fill_in_background` is set (the web app: a big collection would otherwise hold
+the first turn and the health check for minutes); until a scene has them it is ranked
+by its scene vector alone, and `health()` reports the progress. A background fill gives
 way to chat: while a turn runs (`turn()`, which `ChatService` holds from retrieval to
 the last token) it waits before its next page, so it never slows a reply for more than
 one page's encode."""
@@ -24,7 +25,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +70,11 @@ class Retrieval:
 
 @dataclass
 class LineFill:
-    """Progress of making line vectors for scenes stored without them."""
+    """Progress of making line vectors for scenes stored without them (`reembed`: all of
+    them, because the collection's vectors were another backend's)."""
 
     total: int
+    reembed: bool = False
     done: int = 0
     started: float = field(default_factory=time.monotonic)
     error: str | None = None
@@ -85,7 +87,7 @@ class LineFill:
         rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
         left = (self.total - self.done) / rate if rate and not self.finished else None
         return {"scenes": self.total, "done": self.done, "finished": self.finished, "error": self.error,
-                "paused": self.paused, "eta_s": round(left) if left is not None else None}
+                "paused": self.paused, "reembed": self.reembed, "eta_s": round(left) if left is not None else None}
 
 
 class SceneMemory:
@@ -123,7 +125,7 @@ class SceneMemory:
                 # Scenes of an import killed mid-way must never be searched or retrieved:
                 # roll such imports back before anyone sees the store (memory.recovery).
                 rollback_dead_imports(self.journal, store)
-                self._match_embedder(store, embedder)
+                reembed = self._match_embedder(store, embedder)
                 # The BM25 index follows Chroma: rebuilt when missing, repaired after a crash
                 # between the two writes or an import by another replica (server mode).
                 if store.lexical.count() != store.count():
@@ -133,7 +135,7 @@ class SceneMemory:
                 missing = store.lexical.ids_without_lines()
                 # (A store reopened after a Chroma server failure may find a fill still running.)
                 if missing and not (self._fill_thread is not None and self._fill_thread.is_alive()):
-                    self.line_fill = LineFill(len(missing))
+                    self.line_fill = LineFill(len(missing), reembed=reembed)
                     if self.fill_in_background:
                         self._fill_thread = threading.Thread(
                             target=self._fill_lines, args=(store, embedder, missing), name="line-vectors", daemon=True)
@@ -150,8 +152,9 @@ class SceneMemory:
         tries again (the fill is idempotent)."""
         fill = self.line_fill
         where = "in the background" if self.fill_in_background else "now"
-        log.warning("making line vectors for %s scenes of collection '%s' %s (once; about a minute per 10,000 "
-                    "scenes on 2 cores)", len(ids), self.config.collection, where)
+        what = "re-embedding" if fill.reembed else "making line vectors for"
+        log.warning("%s %s scenes of collection '%s' %s (once; about a minute per 10,000 scenes on 2 cores)",
+                    what, len(ids), self.config.collection, where)
         step = max(1, len(ids) // 10)
 
         def progress(done: int) -> None:
@@ -201,21 +204,26 @@ class SceneMemory:
             fill.waited += time.monotonic() - start
             fill.paused = False
 
-    def _match_embedder(self, store: SceneStore, embedder: Embedder) -> None:
-        """Make the collection's vectors this embedder's. A new or empty collection just
-        records the embedder, and so does one made before embedders were recorded (by
-        torch) when this one makes torch's vectors (torch, torch-bf16, onnx); one made by
-        the same model with other vectors (int8 against torch's) is re-embedded in place,
-        once — the texts are in Chroma, and int8 vectors sit up to 0.015 of cosine away
-        from torch's, as much as the gaps between close neighbours, so not to be mixed;
-        one made by another model is refused (its dimension may differ, and a user who
-        switches models keeps the old collection under its own name)."""
+    def _match_embedder(self, store: SceneStore, embedder: Embedder) -> bool:
+        """Make the collection's vectors this embedder's; True when its scenes are to be
+        re-embedded. A new or empty collection just records the embedder, and so does one
+        made before embedders were recorded (by torch) when this one makes torch's vectors
+        (torch, torch-bf16, onnx); one made by another model is refused (its dimension may
+        differ, and a user who switches models keeps the old collection under its own
+        name). One made by the same model with other vectors (int8 against torch's: up to
+        0.015 of cosine apart, as much as the gaps between close neighbours, so not to be
+        kept mixed) loses its line vectors and records this embedder, in that order, so
+        the line-vector fill that follows re-embeds every scene, once (the texts are in
+        Chroma), and a stop at any point is finished by the next open. In the web app that
+        runs in the background with progress, like any fill: the first turn does not wait
+        minutes for a big collection, and meanwhile a scene not yet done keeps its old
+        vector, close enough to rank by until its new one is in."""
         want, have = embedder.identity, store.embedder_identity()
         if have == want:
-            return
+            return False
         if store.count() == 0 or (not have and want["embedder_backend"] == "torch"):
             store.record_embedder(want)  # new, or made before this was recorded: by torch
-            return
+            return False
         if have and have.get("embedder_fingerprint") != want["embedder_fingerprint"]:
             raise EmbedderMismatchError(
                 f"The scene collection '{self.config.collection}' was embedded with the model "
@@ -226,9 +234,9 @@ class SceneMemory:
         made_by = have.get("embedder_backend", "torch (not recorded)")
         log.warning("re-embedding the %s scenes of collection '%s' once: made by %s, memory.embedder_backend is %s",
                     store.count(), self.config.collection, made_by, want["embedder_backend"])
-        done = store.reembed(partial(embed_scenes, embedder.encode))
+        store.lexical.clear_lines()
         store.record_embedder(want)
-        log.warning("re-embedded %s scenes with %s", done, want["embedder_backend"])
+        return True
 
     def _forget_server_client(self) -> None:
         """After a failure against a Chroma *server*, open a fresh client next time: the

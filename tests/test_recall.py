@@ -411,12 +411,58 @@ def test_line_vectors_are_made_in_the_background_while_memory_works(service, cap
     assert not memory._fill_thread.is_alive()
     state = memory.line_fill.as_dict()
     assert state == {"scenes": total, "done": total, "finished": True, "error": None, "paused": False,
-                     "eta_s": None}, state
+                     "reembed": False, "eta_s": None}, state
     assert ChatUI(service).memory_note() == "" and not ChatUI(service).memory_busy()
     assert not refresh()[3].active  # done: the tab's timer stops
     assert not notes & store.all_ids() and not notes & store.lexical.all_ids()  # forgotten stays forgotten
     assert store.lexical.ids_without_lines() == [] and store.count() == total - len(notes)
     assert "line vectors made for" in caplog.text
+
+
+def test_a_backend_switch_re_embeds_in_the_background(service, caplog):
+    """A collection another kind of vectors made (torch's against int8's) opens at once in
+    the web app: the new embedder is recorded, every scene is re-embedded by the background
+    fill (health and the Memory tab say "re-embedding"), search works meanwhile, and at the
+    end every scene and line vector is the new embedder's; the next open has nothing to do."""
+    import numpy as np
+
+    from memory.embedder import Embedder
+    from memory.lines import embed_scenes, unpack
+    from memory.service import SceneMemory
+    from webapp.ui import ChatUI
+
+    service.memory.import_paths([IMPORT / "diary.txt", IMPORT / "notes.md"])
+    made = service.memory.embedder.identity
+    total = service.memory.store.count()
+    other = Embedder(backend="onnx-int8" if made["embedder_backend"] == "torch" else "torch")
+    assert other.identity["embedder_backend"] != made["embedder_backend"]
+    caplog.set_level("WARNING", logger="memory.service")
+    gated = GatedEmbedder(other)
+    memory = SceneMemory(service.settings.memory, service.settings.home, service.journal, embedder=gated,
+                         fill_in_background=True)
+    service.memory = memory
+    store = memory.store  # returns while the re-embedding waits
+    assert gated.waiting.wait(60) and memory._fill_thread.is_alive()
+    assert store.embedder_identity() == other.identity and "re-embedding the" in caplog.text
+    state = memory.health()["line_vectors"]
+    assert state["reembed"] and state["scenes"] == total and state["done"] == 0, state
+    assert "Re-embedding memory for the new embedder backend: 0 of" in ChatUI(service).memory_note()
+    assert any("river" in h.text for h in memory.search("walking by the river after work", k=3))
+
+    gated.go.set()
+    memory._fill_thread.join(120)
+    assert memory.line_fill.as_dict()["finished"] and memory.line_fill.error is None
+    ids = sorted(store.all_ids())
+    got = store.get(ids, embeddings=True)
+    texts, kinds = [got[i][0] for i in ids], [got[i][1]["source_kind"] for i in ids]
+    scenes, lines = embed_scenes(other.encode, texts, kinds)
+    assert np.allclose(np.stack([got[i][2] for i in ids]), scenes, atol=1e-5)
+    stored = store.lexical.line_vectors(ids)
+    assert all(np.allclose(stored[i], unpack(b), atol=0.02) for i, b in zip(ids, lines))
+    caplog.clear()
+    again = SceneMemory(service.settings.memory, service.settings.home, service.journal, embedder=other,
+                        fill_in_background=True)
+    assert again.store.count() == total and again.line_fill is None and "re-embedding" not in caplog.text
 
 
 def test_background_line_vectors_wait_while_a_reply_is_written(service):

@@ -384,21 +384,27 @@ class ChatUI:
 
     def memory_note(self) -> str:
         """What the Memory tab says about background work on the store: the line vectors
-        that scenes from before them get after an upgrade (memory.service)."""
+        that scenes from before them get after an upgrade, or every scene's new vectors
+        after a switch of embedder backend (memory.service)."""
         fill = self.service.memory.line_fill
         if fill is None:
             return ""
         state = fill.as_dict()
+        work = "Re-embedding memory" if state["reembed"] else "Making line vectors"
         if state["error"]:
-            return (f"⚠️ Making line vectors stopped at {state['done']:,} of {state['scenes']:,} scenes "
+            return (f"⚠️ {work} stopped at {state['done']:,} of {state['scenes']:,} scenes "
                     f"({state['error']}); it resumes at the next start.")
         if state["finished"]:
             return ""
         eta = f", about {max(1, round(state['eta_s'] / 60))} min left" if state["eta_s"] is not None else ""
         pause = " (paused while a reply is written)" if state["paused"] else ""
-        return (f"⏳ Upgrading memory: line vectors for {state['done']:,} of {state['scenes']:,} older scenes"
-                f"{eta}{pause}. Search and chat work meanwhile; those scenes are matched by their whole text "
-                f"until then.")
+        if state["reembed"]:
+            head = (f"⏳ Re-embedding memory for the new embedder backend: {state['done']:,} of "
+                    f"{state['scenes']:,} scenes")
+        else:
+            head = f"⏳ Upgrading memory: line vectors for {state['done']:,} of {state['scenes']:,} older scenes"
+        return (f"{head}{eta}{pause}. Search and chat work meanwhile; scenes not done yet are matched by their "
+                f"whole text until then.")
 
     def memory_busy(self) -> bool:
         """Whether background work on the store (the line-vector fill) is still running."""
