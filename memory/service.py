@@ -153,7 +153,7 @@ class SceneMemory:
         fill = self.line_fill
         where = "in the background" if self.fill_in_background else "now"
         what = "re-embedding" if fill.reembed else "making line vectors for"
-        log.warning("%s %s scenes of collection '%s' %s (once; about a minute per 10,000 scenes on 2 cores)",
+        log.warning("%s %s scenes of collection '%s' %s (once; one to three minutes per 10,000 scenes on 2 cores)",
                     what, len(ids), self.config.collection, where)
         step = max(1, len(ids) // 10)
 
@@ -179,7 +179,7 @@ class SceneMemory:
             return
         finally:
             fill.finished = True
-        log.warning("line vectors made for %s scenes", f"{len(ids):,}")
+        log.warning("%s for %s scenes", "new vectors made" if fill.reembed else "line vectors made", f"{len(ids):,}")
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:

@@ -452,6 +452,7 @@ def test_a_backend_switch_re_embeds_in_the_background(service, caplog):
     gated.go.set()
     memory._fill_thread.join(120)
     assert memory.line_fill.as_dict()["finished"] and memory.line_fill.error is None
+    assert "new vectors made for" in caplog.text
     ids = sorted(store.all_ids())
     got = store.get(ids, embeddings=True)
     texts, kinds = [got[i][0] for i in ids], [got[i][1]["source_kind"] for i in ids]
