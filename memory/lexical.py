@@ -172,13 +172,10 @@ class LexicalIndex:
         """Store packed line vectors for existing rows (BM25 is untouched: no new generation)."""
         self._write("UPDATE scenes SET lines = ? WHERE id = ?", list(zip(lines, ids)), bump=False)
 
-    def clear_lines(self) -> int:
+    def clear_lines(self) -> None:
         """Drop every row's line vectors (another embedder's: they are made again, as
-        for rows from before them); returns how many rows had some."""
-        with self._lock:
-            had = self.db.execute("SELECT COUNT(*) FROM scenes WHERE lines IS NOT NULL").fetchone()[0]
+        for rows from before them)."""
         self._write("UPDATE scenes SET lines = NULL WHERE lines IS NOT NULL", [()], bump=False)
-        return had
 
     # -- reads --------------------------------------------------------------------------
     def ids_without_lines(self) -> list[str]:
