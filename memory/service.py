@@ -12,9 +12,9 @@ them: in the foreground by default (the CLI, benchmarks), or in a background thr
 when `fill_in_background` is set (the web app: a big collection would otherwise hold
 the first turn and the health check for minutes); until a scene has them it is ranked
 by its scene vector alone, and `health()` reports the progress. A background fill gives
-way to chat: while a turn runs (`turn()`, which `ChatService` holds from retrieval to
-the last token) it waits before its next page, so it never slows a reply for more than
-one page's encode."""
+way to chat and imports: while a turn runs (`turn()`, which `ChatService` holds from
+retrieval to the last token, and `import_paths` for the whole import) it waits before
+its next page, so it never slows a reply or an import for more than one page's encode."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ if typing.TYPE_CHECKING:  # the ingest chain (importers, ftfy, ijson) loads on f
 
 log = logging.getLogger(__name__)
 
-# The longest a background fill waits for chat turns to end before its next page: a
-# turn abandoned without being closed must not stop the fill for good.
+# The longest a background fill waits for chat turns and imports to end before its next
+# page: a turn abandoned without being closed must not stop the fill for good.
 TURN_WAIT_S = 120.0
 
 
@@ -79,7 +79,7 @@ class LineFill:
     started: float = field(default_factory=time.monotonic)
     error: str | None = None
     finished: bool = False
-    paused: bool = False  # waiting for a chat turn to end
+    paused: bool = False  # waiting for a chat turn or an import to end
     waited: float = 0.0  # seconds spent paused, left out of the rate
 
     def as_dict(self) -> dict:
@@ -183,7 +183,8 @@ class SceneMemory:
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
-        """Hold while a chat turn runs: background work on the store waits for it."""
+        """Hold while a chat turn (or an import) runs: background work on the store waits
+        for it."""
         with self._quiet:
             self._turns += 1
         try:
@@ -194,7 +195,7 @@ class SceneMemory:
                 self._quiet.notify_all()
 
     def _wait_for_quiet(self, fill: LineFill) -> None:
-        """Wait (at most TURN_WAIT_S) until no chat turn runs."""
+        """Wait (at most TURN_WAIT_S) until no chat turn or import runs."""
         with self._quiet:
             if not self._turns:
                 return
@@ -289,8 +290,11 @@ class SceneMemory:
         source_names: dict[Path, str] | None = None,
         progress: "Progress | None" = None,
     ) -> "ImportSummary":
+        # An import holds background work like a turn does: the user watches its progress,
+        # and a fill beside it would take half of the 2 cores.
         try:
-            return self.ingestor.import_paths(paths, me=me, source_names=source_names, progress=progress)
+            with self.turn():
+                return self.ingestor.import_paths(paths, me=me, source_names=source_names, progress=progress)
         finally:
             self._refresh_lexical()
 

@@ -501,6 +501,32 @@ def test_background_line_vectors_wait_while_a_reply_is_written(service):
     assert memory._turns == 0
 
 
+def test_background_line_vectors_wait_while_files_are_imported(service):
+    """An import holds the background fill as a turn does: a fill that starts with it
+    (the import opens the store) makes no page until the import ends, then finishes."""
+    from memory.service import SceneMemory
+
+    service.memory.import_paths([IMPORT / "diary.txt"])
+    service.memory.store.lexical.db.execute("UPDATE scenes SET lines = NULL")
+    total = service.memory.store.count()
+    memory = SceneMemory(service.settings.memory, service.settings.home, service.journal,
+                         embedder=service.memory.embedder, fill_in_background=True)
+    seen = []
+
+    def progress(source, index, count, scenes):
+        deadline = time.monotonic() + 30
+        while not (memory.line_fill and memory.line_fill.paused) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen.append((memory.line_fill.paused, memory.line_fill.done))
+
+    added = memory.import_paths([IMPORT / "notes.md"], progress=progress).as_dict()["scenes_added"]
+    assert added and seen and all(paused and done == 0 for paused, done in seen), seen
+    memory._fill_thread.join(120)
+    state = memory.line_fill.as_dict()
+    assert state["finished"] and state["done"] == total and state["error"] is None, state
+    assert memory._turns == 0 and memory.store.lexical.ids_without_lines() == []
+
+
 def test_small_talk_pulls_in_nothing_from_unrelated_notes(service):
     memory = service.memory
     memory.import_paths([IMPORT / "diary.txt"])

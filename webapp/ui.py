@@ -397,7 +397,7 @@ class ChatUI:
         if state["finished"]:
             return ""
         eta = f", about {max(1, round(state['eta_s'] / 60))} min left" if state["eta_s"] is not None else ""
-        pause = " (paused while a reply is written)" if state["paused"] else ""
+        pause = " (paused while a reply is written or files are imported)" if state["paused"] else ""
         if state["reembed"]:
             head = (f"⏳ Re-embedding memory for the new embedder backend: {state['done']:,} of "
                     f"{state['scenes']:,} scenes")
