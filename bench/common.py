@@ -6,8 +6,9 @@ the report of one suite run alone (`python -m bench.<suite>`: JSON under
 A run never touches the user's data: every suite gets its own scratch data root under
 `$ALTEREGO_HOME/bench/` (journal, Chroma, adapters, persona overrides), deleted at the
 end, or by the next run when this one was killed before it could. What the suites share
-is what is expensive and stateless between them: one loaded chat model and one embedder. The only thing kept under the real data root is the cached
-HF-format training base (`hf_base/`), the same cache `alterego train` uses."""
+is what is expensive and stateless between them: one loaded chat model and one
+embedder. The only thing kept under the real data root is the cached HF-format
+training base (`hf_base/`), the same cache `alterego train` uses."""
 
 from __future__ import annotations
 
