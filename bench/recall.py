@@ -105,6 +105,21 @@ def prepare(corpus, settings, journal, embedder, progress: Progress = no_progres
                     store.count(), len(windows), import_s)
 
 
+def pool_recall(prep: Prepared, config) -> float:
+    """The share of questions whose evidence is in one of the `candidates` scenes the
+    fused ranking hands the passage scorer: what hybrid could find at most from its own
+    hits (a passage may also run into the scene before or after). Beside the recall, it
+    tells a ranking that misses the evidence's scene from passages that leave it out."""
+    from memory.retrieval import HybridRetriever
+
+    retriever = HybridRetriever(prep.memory.store, config)
+    hits = 0
+    for q, v in zip(prep.questions, prep.vectors):
+        cands, _, _ = retriever.rank(v, q.text, config.candidates)
+        hits += found(q.evidence, cands)
+    return round(hits / len(prep.questions), 4)
+
+
 def recall_at(prep: Prepared, config, budget: int, timings: list | None = None) -> dict[str, float]:
     """The three recalls at `budget` tokens; `config`: the memory settings hybrid uses;
     `timings`: gets each hybrid retrieval's milliseconds."""
@@ -144,6 +159,7 @@ def _run(ws: Workspace, quick: bool) -> dict:
     for budget in budgets:
         ws.progress(f"recall: {len(questions)} questions at {budget} tokens")
         recall[budget] = recall_at(prep, base, budget, retrieval_ms)
+    pool = pool_recall(prep, base)
 
     ws.progress("recall: chat turns at each budget (time to first token)")
     write_fixed_personas(settings.home / "personas", 8)
@@ -195,6 +211,7 @@ def _run(ws: Workspace, quick: bool) -> dict:
         "recall": {str(b): v for b, v in recall.items()},
         "ttft": {str(b): v for b, v in ttft.items()},
         "hybrid_retrieval_ms_median": round(median(retrieval_ms), 2),
+        f"evidence_in_{base.candidates}_fused_scenes": pool,
         "default_budget": default,
     }
     return {"figures": figures, "details": details}

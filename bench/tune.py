@@ -5,7 +5,8 @@ the person's chat history (`bench.chitchat.person`: DEV or DEV2, whose conversat
 are not TEST's), imports it once into a kept workspace (`$ALTEREGO_HOME/bench/tune-<person>`,
 reused by the next run for the same person), and prints the evidence recall of fixed
 windows (the baseline) and of hybrid retrieval with the memory settings as configured,
-then with each `--set` applied, at each `--budget`. Settings are `memory.*` fields;
+then with each `--set` applied, at each `--budget`, and how often the evidence is in
+one of the fused scenes passages are cut from (`bench.recall.pool_recall`). Settings are `memory.*` fields;
 values are read as YAML (`3`, `0.5`, `true`). This is the harness behind the tuned
 defaults in `memory.config`; TEST (`alterego bench --only recall`) is run once, after a
 choice is made, so the reported figure is not tuned on.
@@ -46,7 +47,7 @@ def tune(ws: Workspace, person: str, budgets: list[int], variants: list[dict], f
     """Recall of fixed windows and of hybrid retrieval under each variant (`{}`: the
     configured settings) at each budget, for one tuning person."""
     from bench.chitchat import person as build_person
-    from bench.recall import prepare, recall_at
+    from bench.recall import pool_recall, prepare, recall_at
     from memory.journal import Journal
 
     if person not in TUNING_PEOPLE:
@@ -62,13 +63,18 @@ def tune(ws: Workspace, person: str, budgets: list[int], variants: list[dict], f
     try:
         prep = prepare(corpus, settings, journal, ws.embedder, ws.progress, reuse=True)
         rows = []
+        pools: dict[int, float] = {}  # the fused pool does not depend on the budget
         for budget in budgets:
-            for over in variants:
+            for n, over in enumerate(variants):
                 ws.progress(f"tune: {len(prep.questions)} questions at {budget} tokens, {over or 'as configured'}")
-                r = recall_at(prep, dataclasses.replace(settings.memory, **over), budget)
+                config = dataclasses.replace(settings.memory, **over)
+                r = recall_at(prep, config, budget)
+                if n not in pools:
+                    pools[n] = pool_recall(prep, config)
                 rows.append({"budget": budget, "settings": over, "hybrid": r["hybrid"],
                              "fixed_windows": r["fixed_windows"],
-                             "ratio": round(r["hybrid"] / r["fixed_windows"], 3) if r["fixed_windows"] else None})
+                             "ratio": round(r["hybrid"] / r["fixed_windows"], 3) if r["fixed_windows"] else None,
+                             "evidence_in_fused_scenes": pools[n]})
     finally:
         journal.close()
     return {"person": person, "questions": len(prep.questions), "scenes": prep.scenes,

@@ -159,7 +159,8 @@ class SceneMemory:
 
         def progress(done: int) -> None:
             if done // step != fill.done // step and done < len(ids):
-                log.warning("line vectors: %s of %s scenes", f"{done:,}", f"{len(ids):,}")
+                log.warning("%s: %s of %s scenes", "re-embedding" if fill.reembed else "line vectors",
+                            f"{done:,}", f"{len(ids):,}")
             fill.done = done
 
         def embed(texts: list[str], kinds: list[str]):
@@ -175,7 +176,8 @@ class SceneMemory:
             fill.error = str(exc)
             if not self.fill_in_background:
                 raise
-            log.warning("making line vectors stopped (tried again at the next start): %s", exc)
+            log.warning("%s stopped (tried again at the next start): %s",
+                        "re-embedding" if fill.reembed else "making line vectors", exc)
             return
         finally:
             fill.finished = True

@@ -594,5 +594,8 @@ def test_tuning_people_share_nothing_with_test_and_tune_reuses_its_import(tmp_pa
         assert abs(a["fixed_windows"] - b["fixed_windows"]) <= 1 / first["questions"] + 1e-9
     for row in first["rows"]:
         assert 0 <= row["hybrid"] <= 1 and 0 < row["fixed_windows"] <= 1
+        assert 0 < row["evidence_in_fused_scenes"] <= 1
+    # Passages of one line never leave the fused scenes, so they find no more than those hold.
+    assert first["rows"][1]["hybrid"] <= first["rows"][1]["evidence_in_fused_scenes"]
     assert first["rows"][0]["hybrid"] > 0  # the configured retrieval finds some evidence even here
     assert (tmp_path / "bench" / "tune-dev" / "prepared.json").exists()
