@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.common import Progress, Workspace, figure, no_progress, run_suite, suite_main
+from bench.processes import free_port, stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,14 +44,6 @@ app.add_api_route("/health", lambda: {"status": "ok"}, methods=["GET"])
 app = gr.mount_gradio_app(app, blocks, path="")
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Served:
@@ -93,16 +85,7 @@ class Served:
             return False
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=20)
+        stop_group(self.proc)
 
 
 def cpu_percent(servers: list[Served], seconds: float) -> list[float]:

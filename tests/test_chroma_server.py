@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.processes import free_port
 from memory.errors import StoreUnavailableError
-from tests.appserver import free_port
 from tests.conftest import FIXTURES
 
 CHROMA = Path(sys.executable).with_name("chroma")
