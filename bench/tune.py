@@ -6,10 +6,10 @@ are not TEST's), imports it once into a kept workspace (`$ALTEREGO_HOME/bench/tu
 reused by the next run for the same person), and prints the evidence recall of fixed
 windows (the baseline) and of hybrid retrieval with the memory settings as configured,
 then with each `--set` applied, at each `--budget`, and how often the evidence is in
-one of the fused scenes passages are cut from (`bench.recall.pool_recall`). Settings are `memory.*` fields;
-values are read as YAML (`3`, `0.5`, `true`). This is the harness behind the tuned
-defaults in `memory.config`; TEST (`alterego bench --only recall`) is run once, after a
-choice is made, so the reported figure is not tuned on.
+one of the fused scenes passages are cut from (`bench.recall.pool_recall`). Settings
+are `memory.*` fields; values are read as YAML (`3`, `0.5`, `true`). This is the
+harness behind the tuned defaults in `memory.config`; TEST (`alterego bench --only
+recall`) is run once, after a choice is made, so the reported figure is not tuned on.
 
 Usage: .venv/bin/python -m bench.tune [--person dev|dev2] [--budget N ...] [--set KEY=VALUE ...] [--fresh]
 """
