@@ -10,8 +10,6 @@ its mapping is tested."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.appserver import free_port
+from bench.processes import free_port, kill_group
 from personas.catalog import GenerationParams
 from personas.config import EngineConfig
 from personas.engine import create_engine
@@ -77,8 +75,7 @@ class LlamaCppServer:
     def kill(self) -> None:
         """SIGKILL, the way a crash or an OOM kill ends it."""
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+            kill_group(self.proc)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 from gradio_client import Client
 
-from tests.appserver import free_port
+from bench.processes import free_port
 from tests.conftest import ALTEREGO, cli_env
 from webapp.errors import SettingsError
 from webapp.server import exposure_auth, is_loopback, parse_auth, serve
